@@ -153,16 +153,19 @@ def _classify(frame: np.ndarray, colours: np.ndarray, tolerance: int) -> tuple[n
     return distance.argmin(axis=-1), distance.min(axis=-1) <= tolerance
 
 
-def inspect_mask(mask: np.ndarray, tolerance: int = 60) -> MaskReport:
+def inspect_mask(mask: np.ndarray, tolerance: int = 60, max_frames: int = 32) -> MaskReport:
     """Classify every pixel of a [H, W, 3] or [T, H, W, 3] uint8 mask against the palette plus white and black.
 
     A pixel matches a colour when each channel lies within ``tolerance`` of it; anti-aliased edges and codec
     noise beyond that count as unmatched. The border statistics tell which background the mask uses.
-    Frames are classified one at a time so long videos need no large temporaries.
+    Frames are classified one at a time so long videos need no large temporaries; a video longer than
+    ``max_frames`` is judged on that many evenly spaced frames.
     """
     frames = np.asarray(mask)[..., :3]
     if frames.ndim == 3:
         frames = frames[None]
+    if frames.shape[0] > max_frames:
+        frames = frames[np.linspace(0, frames.shape[0] - 1, max_frames).round().astype(int)]
     names, colours = _colour_table()
     white_index, black_index = names.index("white"), names.index("black")
     counts = np.zeros(len(names), dtype=np.int64)
