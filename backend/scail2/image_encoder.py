@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from .errors import CheckpointError
+from .layout import CheckpointLayout
 from .weights import (
     LazyStateDict,
     TensorRef,
@@ -228,6 +229,16 @@ class ClipImageEncoder:
         config.num_hidden_layers = full_layers - 1
         state = convert_transformers_clip_keys(open_state_dict(find_weights_file(folder, "model")), full_layers)
         return cls(_build(config, state, dtype=dtype, device=device))
+
+    @classmethod
+    def from_layout(
+        cls, layout: CheckpointLayout, *, dtype: torch.dtype = torch.float16, device: torch.device | str = "cpu"
+    ) -> ClipImageEncoder:
+        """From a resolved checkpoint folder (official file or diffusers folder; tiny configs honoured)."""
+        if layout.image_encoder.format == "diffusers":
+            return cls.from_diffusers(layout.image_encoder.path, dtype=dtype, device=device)
+        config = ClipVisionConfig.from_official_args(layout.configs.get("clip", {}))
+        return cls.from_official(layout.image_encoder.path, config, dtype=dtype, device=device)
 
     @torch.no_grad()
     def encode_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 from transformers import UMT5Config, UMT5EncoderModel
 
 from .errors import CheckpointError
+from .layout import CheckpointLayout
 from .weights import LazyStateDict, find_weights_file, load_into, meta_init, open_state_dict, read_json
 
 __all__ = [
@@ -195,6 +196,16 @@ class UMT5TextEncoder:
         # Encoder-only saves may or may not carry the tied copy "encoder.embed_tokens.weight"; both load.
         model = build_umt5(config, state, dtype=dtype, device=device)
         return cls(model, load_tokenizer(tokenizer_dir), text_len=text_len)
+
+    @classmethod
+    def from_layout(
+        cls, layout: CheckpointLayout, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
+    ) -> UMT5TextEncoder:
+        """From a resolved checkpoint folder (official file or diffusers folder; tiny configs honoured)."""
+        if layout.text_encoder.format == "diffusers":
+            return cls.from_diffusers(layout.text_encoder.path, layout.tokenizer, dtype=dtype, device=device)
+        config = T5EncoderConfig.from_official_args(layout.configs.get("t5", {}))
+        return cls.from_official(layout.text_encoder.path, layout.tokenizer, config, dtype=dtype, device=device)
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean and tokenise to ``text_len`` ids with ``</s>``; returns ``(ids, mask)``, both [B, text_len] int64."""

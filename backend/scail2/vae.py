@@ -21,6 +21,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from .errors import CheckpointError
+from .layout import CheckpointLayout
 from .weights import LazyStateDict, find_weights_file, load_into, meta_init, open_state_dict, read_json
 
 __all__ = [
@@ -217,6 +218,16 @@ class WanVideoVAE:
             model = AutoencoderKLWan.from_config(config)
         state = open_state_dict(find_weights_file(folder, "diffusion_pytorch_model"))
         return cls(load_into(model, state, dtype=dtype, device=device))
+
+    @classmethod
+    def from_layout(
+        cls, layout: CheckpointLayout, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    ) -> WanVideoVAE:
+        """From a resolved checkpoint folder (official file or diffusers folder; tiny configs honoured)."""
+        if layout.vae.format == "diffusers":
+            return cls.from_diffusers(layout.vae.path, dtype=dtype, device=device)
+        config = WanVAEConfig.from_official_args(layout.configs.get("vae", {}))
+        return cls.from_official(layout.vae.path, config, dtype=dtype, device=device)
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, self.z_dim, 1, 1, 1)
