@@ -1,0 +1,82 @@
+"""GPU performance machinery for the SCAIL-2 transformer, kept apart from the model code.
+
+`apply_performance_settings(transformer, settings, device)` is the one call the pipeline needs: it converts
+linears to fp8, picks the attention backend, places the weights (resident or streamed) and compiles the
+block, in the order these steps require, and returns what it resolved (for logs and `/v1/health`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .attention import select_attention_backend, set_attention_backend
+from .compile import compile_blocks, transformer_blocks
+from .fp8 import Fp8Linear, convert_blocks_to_fp8, fp8_supported
+from .settings import ATTENTION_CHOICES, PerformanceSettings
+from .streaming import BlockStreamer, StreamedBlock, enable_block_streaming
+
+__all__ = [
+    "ATTENTION_CHOICES",
+    "AccelerationState",
+    "BlockStreamer",
+    "Fp8Linear",
+    "PerformanceSettings",
+    "StreamedBlock",
+    "apply_performance_settings",
+    "compile_blocks",
+    "convert_blocks_to_fp8",
+    "enable_block_streaming",
+    "fp8_supported",
+    "select_attention_backend",
+    "set_attention_backend",
+    "transformer_blocks",
+]
+
+
+@dataclass
+class AccelerationState:
+    """What `apply_performance_settings` resolved: reported in `/v1/health` under `performance`."""
+
+    settings: PerformanceSettings
+    attention_backend: str
+    fp8_linears: int = 0
+    compiled_blocks: int = 0
+    streamer: BlockStreamer | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        report = self.settings.to_dict()
+        report.update(
+            attention_backend_resolved=self.attention_backend,
+            fp8_linears=self.fp8_linears,
+            compiled_blocks=self.compiled_blocks,
+            streamed_host_gib=round(self.streamer.host_bytes / 2**30, 2) if self.streamer else 0.0,
+        )
+        return report
+
+
+def apply_performance_settings(transformer: nn.Module, settings: PerformanceSettings,
+                               device: torch.device | str) -> AccelerationState:
+    """Prepare `transformer` (bf16 weights, anywhere) to run on `device` as `settings` ask.
+
+    Order: fp8 conversion first (it replaces modules and frees bf16 weights), then placement (streaming packs
+    the final tensors), then attention backend, then compile (which must see the final modules).
+    """
+    device = torch.device(device)
+    fp8_count = 0
+    if settings.fp8_linear:
+        if not fp8_supported(device):
+            raise RuntimeError(f"fp8 matmuls need an sm89+ GPU; {device} is not one. Run without --fp8.")
+        fp8_count = convert_blocks_to_fp8(nn.ModuleList(transformer_blocks(transformer)))
+    streamer = None
+    if settings.low_vram and device.type == "cuda":
+        streamer = enable_block_streaming(transformer, device)
+    else:
+        transformer.to(device)
+    backend = select_attention_backend(settings.attention_backend, device, eight_bit=settings.fp8_linear)
+    set_attention_backend(transformer, backend)
+    compiled = compile_blocks(transformer) if settings.compile_blocks else 0
+    return AccelerationState(settings, backend, fp8_count, compiled, streamer)
