@@ -37,7 +37,7 @@ from diffusers.models.transformers.transformer_wan import WanTimeTextImageEmbedd
 from diffusers.utils import apply_lora_scale
 from torch import nn
 
-from .dit_keys import detect_key_space, sat_to_wan, wan_to_internal
+from .dit_keys import detect_key_space, internal_to_wan, sat_key_for_wan, sat_to_wan, wan_to_internal
 from .errors import CheckpointError
 from .rope import SCAIL2RotaryPosEmbed, TokenLayout
 from .weights import LazyStateDict, TensorRef, load_into, meta_init, open_state_dict
@@ -410,12 +410,16 @@ class SCAIL2Transformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
                 {k: TensorRef(tuple(v.shape), v.dtype, lambda v=v: v, k) for k, v in state.items()},
                 "<state dict>",
             )
-        internal = to_internal_keys(state)
+        internal, space, prefix = to_internal_keys(state)
         if config is None:
             config = infer_config_from_shapes(internal)
         with meta_init():
             model = cls(**dict(config))
-        load_into(model, internal, dtype=torch_dtype, device=device, keep_fp32=cls.keeps_fp32)
+        _check_keys(model, internal, space, prefix)
+        if torch.device(device).type == "meta":
+            _load_shapes_only(model, internal, torch_dtype, cls.keeps_fp32)
+        else:
+            load_into(model, internal, dtype=torch_dtype, device=device, keep_fp32=cls.keeps_fp32)
         model.eval()
         model.requires_grad_(False)
         # Kept so LoRA strengths can later be re-applied onto the pristine weights (see .lora.LoraManager).
@@ -423,11 +427,12 @@ class SCAIL2Transformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         return model
 
 
-def to_internal_keys(state: LazyStateDict) -> LazyStateDict:
+def to_internal_keys(state: LazyStateDict) -> tuple[LazyStateDict, str, str]:
     """Convert a DiT checkpoint's keys (SAT, Wan or internal, any known prefix) to internal names, lazily.
 
-    Fused SAT tensors become slices read on demand. Keys that convert to nothing keep their file name, so the
-    strict load reports them as unexpected.
+    Returns ``(internal state, key space, prefix)`` (see :func:`.dit_keys.detect_key_space`). Fused SAT
+    tensors become slices read on demand. Keys that convert to nothing keep their file name, so the strict load
+    reports them as unexpected.
     """
     space, prefix = detect_key_space(state.keys(), state.source)
     refs: dict[str, TensorRef] = {}
@@ -468,7 +473,71 @@ def to_internal_keys(state: LazyStateDict) -> LazyStateDict:
                     internal,
                     ref.derive((rows, *ref.shape[1:]), lambda t, i=index, r=rows: t[i * r : (i + 1) * r]),
                 )
-    return LazyStateDict(refs, state.source)
+    return LazyStateDict(refs, state.source), space, prefix
+
+
+def _load_shapes_only(model: nn.Module, state: LazyStateDict, dtype: torch.dtype | None, keep_fp32) -> None:
+    """The ``meta``-device load: read every (meta) tensor through its key conversion, check the shape it really
+    has, and assign it. ``weights.load_into`` treats parameters left on ``meta`` as unloaded, so it is not used
+    for this shape-only check."""
+    for key in state:
+        tensor = state.read(key)
+        if tuple(tensor.shape) != state[key].shape:
+            raise CheckpointError(
+                f"{state.source}: tensor {state[key].origin!r} read as {list(tensor.shape)}, "
+                f"declared {list(state[key].shape)}"
+            )
+        to_dtype = torch.float32 if keep_fp32(key) else (dtype or torch.float32)
+        module_name, _, leaf = key.rpartition(".")
+        module = model.get_submodule(module_name)
+        module._parameters[leaf] = nn.Parameter(tensor.to(device="meta", dtype=to_dtype), requires_grad=False)
+
+
+def _file_key(internal_key: str, space: str, prefix: str) -> str:
+    """How the checkpoint file names an internal parameter (for error messages)."""
+    if space == "internal":
+        return prefix + internal_key
+    wan_key = internal_to_wan(internal_key) or internal_key
+    if space == "wan":
+        return prefix + wan_key
+    sat = sat_key_for_wan(wan_key)
+    if sat is None:
+        return wan_key
+    sat_key, index, parts = sat
+    return prefix + sat_key + (f" (part {index + 1} of {parts}: {wan_key})" if parts > 1 else "")
+
+
+def _check_keys(model: nn.Module, state: LazyStateDict, space: str, prefix: str) -> None:
+    """Strict key and shape check whose message names tensors the way the user's file does."""
+    targets = {name: tuple(p.shape) for name, p in model.state_dict(keep_vars=True).items()}
+    missing = sorted(set(targets) - set(state))
+    unexpected = sorted(state[k].origin for k in set(state) - set(targets))
+    mismatched = sorted(
+        f"{_file_key(k, space, prefix)}: expected {list(targets[k])}, found {list(state[k].shape)}"
+        for k in set(state) & set(targets)
+        if state[k].shape != targets[k]
+    )
+    if not (missing or unexpected or mismatched):
+        return
+    lines = [f"{state.source}: does not match the SCAIL-2 DiT config ({space} key names)."]
+    if missing:
+        lines.append(
+            f"Missing {len(missing)} tensors: " + _shorten([_file_key(k, space, prefix) for k in missing])
+        )
+    if unexpected:
+        hint = ""
+        if any("scale_weight" in k or "comfy_quant" in k or "scale_input" in k for k in unexpected):
+            hint = " (a ComfyUI fp8/quantized file: use the fp16 file or the official checkpoint)"
+        lines.append(f"Unexpected {len(unexpected)} tensors{hint}: " + _shorten(unexpected))
+    if mismatched:
+        lines.append(f"Mis-shaped {len(mismatched)} tensors: " + _shorten(mismatched, sep="; "))
+    lines.append("Check that the file is the SCAIL-2 DiT and that the config (model size) matches it.")
+    raise CheckpointError("\n".join(lines))
+
+
+def _shorten(items: list[str], limit: int = 12, sep: str = ", ") -> str:
+    shown = sep.join(items[:limit])
+    return shown + (f"{sep}... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 def infer_config_from_shapes(
