@@ -1,0 +1,138 @@
+"""Driving clips: probing fps and length, and turning every supported source into files for the worker."""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+
+import bpy
+
+from . import compat, paths, pngio
+
+
+class DrivingInputError(Exception):
+    """The driving source is missing or unusable; the message names what to fix."""
+
+
+@dataclass
+class ClipInfo:
+    path: str  # a video file, the first image of a sequence, or "" for the scene's animation
+    fps: float
+    frames: int
+    width: int
+    height: int
+    kind: str  # "video" | "sequence" | "scene"
+
+
+def probe_video(path: str) -> ClipInfo:
+    path = paths.absolute(path)
+    if not path or not os.path.isfile(path):
+        raise DrivingInputError(f"driving video not found: {path or '(no file chosen)'}")
+    clip = bpy.data.movieclips.load(path, check_existing=False)
+    try:
+        info = ClipInfo(path, float(clip.fps), int(clip.frame_duration), int(clip.size[0]), int(clip.size[1]), "video")
+    finally:
+        bpy.data.movieclips.remove(clip)
+    if info.frames <= 0 or info.fps <= 0 or info.width <= 0:
+        raise DrivingInputError(f"could not decode the driving video {path}: is it a video file?")
+    return info
+
+
+_NUMBERED = re.compile(r"^(.*?)(\d+)(\.[A-Za-z0-9]+)$")
+
+
+def sequence_files(first_image: str) -> list[str]:
+    """All files numbered like ``first_image`` in its folder, from its number on, in order."""
+    first_image = paths.absolute(first_image)
+    if not first_image or not os.path.isfile(first_image):
+        raise DrivingInputError(f"first image of the sequence not found: {first_image or '(no file chosen)'}")
+    folder, name = os.path.split(first_image)
+    match = _NUMBERED.match(name)
+    if not match:
+        raise DrivingInputError(f"{name} has no frame number: image sequences need names like frame_0001.png")
+    prefix, number, suffix = match.groups()
+    numbered = []
+    for other in os.listdir(folder):
+        found = _NUMBERED.match(other)
+        if found and found.group(1) == prefix and found.group(3) == suffix and int(found.group(2)) >= int(number):
+            numbered.append((int(found.group(2)), os.path.join(folder, other)))
+    return [path for _, path in sorted(numbered)]
+
+
+def probe_sequence(first_image: str, fps: float) -> ClipInfo:
+    files = sequence_files(first_image)
+    image = bpy.data.images.load(files[0], check_existing=False)
+    try:
+        width, height = image.size
+    finally:
+        bpy.data.images.remove(image)
+    return ClipInfo(files[0], float(fps), len(files), int(width), int(height), "sequence")
+
+
+def movie_strip(scene, name: str):
+    strip = compat.vse_strips(scene, all_levels=True).get(name) if scene.sequence_editor else None
+    if strip is None or strip.type != "MOVIE":
+        raise DrivingInputError(f"no movie strip named {name!r} in the Video Sequencer")
+    return strip
+
+
+def probe(scene, settings) -> ClipInfo:
+    """Probe the driving source chosen in the panel."""
+    source = settings.driving_source
+    if source == "FILE":
+        return probe_video(settings.driving_file)
+    if source == "MOVIECLIP":
+        if settings.driving_clip is None:
+            raise DrivingInputError("no Movie Clip chosen")
+        return probe_video(settings.driving_clip.filepath)
+    if source == "STRIP":
+        return probe_video(movie_strip(scene, settings.driving_strip).filepath)
+    if source == "SEQUENCE":
+        return probe_sequence(settings.driving_sequence, settings.driving_sequence_fps)
+    fps = scene.render.fps / scene.render.fps_base
+    start, end = scene_range(scene, settings)
+    return ClipInfo("", fps, end - start + 1, scene.render.resolution_x, scene.render.resolution_y, "scene")
+
+
+def scene_range(scene, settings) -> tuple[int, int]:
+    """Scene frames used when the scene's animation drives: In/Out when set, else the scene range."""
+    if settings.driving_frame_out > 0:
+        return settings.driving_frame_in, settings.driving_frame_out
+    return scene.frame_start, scene.frame_end
+
+
+def frame_range(info: ClipInfo, settings) -> tuple[int, int]:
+    """The ``[start, end)`` range of clip frames (0-based) to send, from the 1-based In/Out fields."""
+    start = settings.driving_frame_in - 1
+    end = info.frames if settings.driving_frame_out <= 0 else min(info.frames, settings.driving_frame_out)
+    if start >= end:
+        raise DrivingInputError(f"the driving In/Out range {settings.driving_frame_in}-{settings.driving_frame_out} "
+                                f"is empty for a clip of {info.frames} frames")
+    return start, end
+
+
+def zip_frames(frames: list[str], out_path: str) -> None:
+    """A zip of PNG frames, stored in order as frame_0001.png...; written to a temp name, then renamed."""
+    for frame in frames:
+        if not frame.lower().endswith(".png"):
+            raise DrivingInputError(f"image sequences must be PNG files to be sent as frames: {frame}")
+    tmp = out_path + ".tmp"
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+        for number, frame in enumerate(frames, start=1):
+            archive.write(frame, f"frame_{number:04d}.png")
+    os.replace(tmp, out_path)
+
+
+def zip_flattened_masks(identity_frames: list[str], background, out_path: str) -> None:
+    """Identity passes flattened onto the mode's background, zipped as exact PNG masks."""
+    from .images import read_rgba_planes
+
+    tmp = out_path + ".tmp"
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+        for number, frame in enumerate(identity_frames, start=1):
+            width, height, planes = read_rgba_planes(frame)
+            png = pngio.encode_png(width, height, 3, pngio.flatten_identity_mask(planes, background))
+            archive.writestr(f"frame_{number:04d}.png", png)
+    os.replace(tmp, out_path)

@@ -1,0 +1,15 @@
+"""Thin operators over ``addon/``: each catches the errors a user can fix and reports them."""
+
+from . import backend, driving, generate, jobs, reference
+
+modules = (reference, driving, generate, jobs, backend)
+
+
+def register() -> None:
+    for module in modules:
+        module.register()
+
+
+def unregister() -> None:
+    for module in reversed(modules):
+        module.unregister()

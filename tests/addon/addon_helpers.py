@@ -1,0 +1,188 @@
+"""Helpers for the bpy add-on tests: build and install the extension, build scenes, draw panels."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import bpy
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def backend_python() -> Path:
+    """The interpreter of this environment: it has the backend installed, so it can run the worker."""
+    return Path(sys.executable)
+
+
+def extension_cli() -> tuple[Path, Path]:
+    scripts = Path(bpy.utils.system_resource("SCRIPTS"))
+    return (scripts / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py",
+            scripts / "modules" / "_bpy_internal" / "extensions" / "tags.py")
+
+
+def run_extension_cli(*args: str) -> subprocess.CompletedProcess:
+    cli, tags = extension_cli()
+    return subprocess.run([sys.executable, str(cli), args[0], f"--valid-tags={tags}", *args[1:]],
+                          capture_output=True, text=True, timeout=120)
+
+
+def build_extension(out_dir: Path) -> Path:
+    """Validate the repository as an extension and build its zip with the builder shipped in the wheel."""
+    validated = run_extension_cli("validate", str(REPO))
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    built = run_extension_cli("build", "--source-dir", str(REPO), "--output-dir", str(out_dir))
+    assert built.returncode == 0, built.stdout + built.stderr
+    (zip_path,) = out_dir.glob("scail_motion-*.zip")
+    validated = run_extension_cli("validate", str(zip_path))
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    return zip_path
+
+
+def install_extension(zip_path: Path) -> str:
+    result = bpy.ops.extensions.package_install_files(repo="user_default", filepath=str(zip_path),
+                                                      enable_on_install=True)
+    assert result == {"FINISHED"}, result
+    module = next(a.module for a in bpy.context.preferences.addons if a.module.endswith(".scail_motion"))
+    return module
+
+
+def addon_package(module: str):
+    return importlib.import_module(module)
+
+
+def _material(name: str, rgba) -> bpy.types.Material:
+    material = bpy.data.materials.new(name)
+    material.diffuse_color = rgba
+    return material
+
+
+def build_character(name: str, x: float, colour) -> bpy.types.Object:
+    """A simple figure: a body (cube) with a head (sphere) parented to it."""
+    body_mesh = bpy.data.meshes.new(f"{name}_body")
+    import bmesh
+
+    bm = bmesh.new()
+    bmesh.ops.create_cube(bm, size=1.0)
+    bm.to_mesh(body_mesh)
+    bm.free()
+    body = bpy.data.objects.new(name, body_mesh)
+    body.scale = (0.5, 0.3, 0.8)
+    body.location = (x, 0.0, 0.8)
+    body.data.materials.append(_material(f"{name}_skin", colour))
+    head_mesh = bpy.data.meshes.new(f"{name}_head")
+    bm = bmesh.new()
+    bmesh.ops.create_uvsphere(bm, u_segments=16, v_segments=8, radius=0.35)
+    bm.to_mesh(head_mesh)
+    bm.free()
+    head = bpy.data.objects.new(f"{name}_head", head_mesh)
+    head.location = (x, 0.0, 2.0)
+    head.data.materials.append(_material(f"{name}_face", colour))
+    return body, head
+
+
+def build_scene(characters: int = 1, resolution=(160, 120)) -> bpy.types.Scene:
+    """Characters in a "Characters" collection, a floor-less stage, a camera and a sun."""
+    scene = bpy.context.scene
+    collection = bpy.data.collections.new("Characters")
+    scene.collection.children.link(collection)
+    spacing = 2.0
+    for index in range(characters):
+        x = (index - (characters - 1) / 2) * spacing
+        body, head = build_character(f"Char{index + 1}", x, (0.8, 0.5 - 0.2 * index, 0.3, 1.0))
+        collection.objects.link(body)
+        collection.objects.link(head)
+        head.parent = body
+        head.matrix_parent_inverse = body.matrix_world.inverted()
+    camera = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+    camera.location = (0.0, -9.0, 1.2)
+    camera.rotation_euler = (math.radians(90), 0.0, 0.0)
+    scene.collection.objects.link(camera)
+    scene.camera = camera
+    sun = bpy.data.objects.new("Sun", bpy.data.lights.new("Sun", "SUN"))
+    sun.rotation_euler = (0.8, 0.2, 0.5)
+    scene.collection.objects.link(sun)
+    scene.render.resolution_x, scene.render.resolution_y = resolution
+    scene.render.fps = 24
+    scene.frame_start, scene.frame_end = 1, 8
+    settings = scene.scail
+    settings.size = "CUSTOM"
+    settings.size_short_side = 64
+    settings.character_collection = collection
+    return scene
+
+
+class StubLayout:
+    """Stands in for ``UILayout`` during ``Panel.draw``: records calls and checks every name it is given.
+
+    Properties must exist on their data, operators must be registered and list classes known, so a typo in
+    a panel fails the test instead of silently drawing nothing.
+    """
+
+    def __init__(self, calls: list | None = None) -> None:
+        self.calls = calls if calls is not None else []
+
+    def __getattr__(self, name):
+        if name in {"row", "column", "box", "split", "column_flow", "grid_flow"}:
+            return lambda *a, **k: StubLayout(self.calls)
+        if name in {"label", "separator", "template_icon", "progress"}:
+            return lambda *a, **k: self.calls.append((name, k.get("text", "")))
+        if name in {"prop", "prop_search"}:
+            return self._prop
+        if name == "operator":
+            return self._operator
+        if name == "template_list":
+            return self._template_list
+        raise AttributeError(name)
+
+    def __setattr__(self, name, value):
+        if name == "calls":
+            object.__setattr__(self, name, value)
+        # enabled, scale_y, alert... are accepted and ignored
+
+    def _prop(self, data, name, *args, **kwargs):
+        assert name in data.bl_rna.properties, f"{type(data).__name__} has no property {name!r}"
+        if args:  # prop_search(data, name, search_data, search_name)
+            assert hasattr(args[0], args[1]), f"{type(args[0]).__name__} has no {args[1]!r}"
+        self.calls.append(("prop", name))
+
+    def _operator(self, idname, **kwargs):
+        category, name = idname.split(".")
+        cls_name = f"{category.upper()}_OT_{name}"
+        assert hasattr(bpy.types, cls_name), f"operator {idname} is not registered"
+        self.calls.append(("operator", idname))
+        properties = getattr(getattr(bpy.ops, category), name).get_rna_type().properties
+
+        class OperatorProperties:
+            def __setattr__(self, key, value):
+                assert key in properties, f"operator {idname} has no property {key!r}"
+
+        return OperatorProperties()
+
+    def _template_list(self, list_type, list_id, data, prop, active_data, active_prop, **kwargs):
+        assert hasattr(bpy.types, list_type), f"UIList {list_type} is not registered"
+        assert prop in data.bl_rna.properties and active_prop in active_data.bl_rna.properties
+        self.calls.append(("template_list", list_type))
+
+
+def draw_all_panels(context) -> list:
+    """Draw every SCAIL panel (and the job list's items) with the stub layout; return the calls."""
+    calls: list = []
+    for name in ("SCAIL_PT_main", "SCAIL_PT_reference", "SCAIL_PT_extra_views", "SCAIL_PT_driving",
+                 "SCAIL_PT_generate", "SCAIL_PT_jobs", "SCAIL_PT_output"):
+        cls = getattr(bpy.types, name)
+        stub = type("PanelStub", (), {"layout": StubLayout(calls)})()
+        cls.draw(stub, context)
+    ul = bpy.types.SCAIL_UL_jobs
+    for job in context.scene.scail.jobs:
+        ul.draw_item(None, context, StubLayout(calls), context.scene.scail, job, 0, None, "", 0)
+    return calls
+
+
+def read_png(path):
+    import imageio.v3 as iio
+
+    return iio.imread(path)
