@@ -122,7 +122,8 @@ def resolve_size(size: tuple[int, int] | str, reference_hw: tuple[int, int]) -> 
     for name, side in (("height", height), ("width", width)):
         if side % SIZE_MULTIPLE or not MIN_SIDE <= side <= MAX_SIDE:
             raise Scail2InputError(
-                f"size: {name} {side} must be a multiple of {SIZE_MULTIPLE} in {MIN_SIDE}..{MAX_SIDE}", field="size"
+                f"size: {name} {side} must be a multiple of {SIZE_MULTIPLE} in {MIN_SIDE}..{MAX_SIDE}",
+                field="size",
             )
     return int(height), int(width)
 
@@ -144,7 +145,9 @@ def resize_cover_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray
         chunk = torch.from_numpy(np.ascontiguousarray(frames[start : start + RESIZE_CHUNK]))
         chunk = chunk.permute(0, 3, 1, 2).to(torch.float32)
         if (new_h, new_w) != (src_h, src_w):
-            chunk = F.interpolate(chunk, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
+            chunk = F.interpolate(
+                chunk, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True
+            )
         chunk = chunk[:, :, top : top + height, left : left + width].round_().clamp_(0, 255).to(torch.uint8)
         out[start : start + chunk.shape[0]] = chunk.permute(0, 2, 3, 1).numpy()
     return out
@@ -163,7 +166,9 @@ def composite_over(frames: np.ndarray, colour: tuple[int, int, int]) -> np.ndarr
 def _check_pixels(array: object, field: str, video: bool) -> np.ndarray:
     expected = "[T, H, W, 3|4]" if video else "[H, W, 3|4]"
     if not isinstance(array, np.ndarray):
-        raise Scail2InputError(f"{field}: expected a numpy array {expected} uint8, got {type(array).__name__}", field=field)
+        raise Scail2InputError(
+            f"{field}: expected a numpy array {expected} uint8, got {type(array).__name__}", field=field
+        )
     if array.ndim != (4 if video else 3) or array.shape[-1] not in (3, 4):
         raise Scail2InputError(f"{field}: expected shape {expected}, got {array.shape}", field=field)
     if array.dtype != np.uint8:
@@ -171,7 +176,9 @@ def _check_pixels(array: object, field: str, video: bool) -> np.ndarray:
     if 0 in array.shape:
         raise Scail2InputError(f"{field}: empty (shape {array.shape})", field=field)
     if min(array.shape[-3:-1]) < 16:
-        raise Scail2InputError(f"{field}: {array.shape[-2]}x{array.shape[-3]} pixels is too small", field=field)
+        raise Scail2InputError(
+            f"{field}: {array.shape[-2]}x{array.shape[-3]} pixels is too small", field=field
+        )
     return array
 
 
@@ -186,7 +193,13 @@ def _check_same_aspect(a: np.ndarray, b: np.ndarray, field: str, other: str) -> 
 
 
 def _mask_or_alpha(
-    mask: np.ndarray | None, picture: np.ndarray, mode: Mode, role: str, field: str, picture_field: str, video: bool
+    mask: np.ndarray | None,
+    picture: np.ndarray,
+    mode: Mode,
+    role: str,
+    field: str,
+    picture_field: str,
+    video: bool,
 ) -> np.ndarray:
     """The given palette mask (validated), or one made from the picture's alpha channel."""
     if mask is not None:
@@ -217,7 +230,9 @@ def prepare_inputs(request: GenerationRequest) -> PreparedInputs:
     driving = _check_pixels(request.driving.frames, "driving", video=True)
     fps = float(request.driving.fps)
     if not 0 < fps <= 240:
-        raise Scail2InputError(f"driving fps must be in (0, 240], got {request.driving.fps!r}", field="driving")
+        raise Scail2InputError(
+            f"driving fps must be in (0, 240], got {request.driving.fps!r}", field="driving"
+        )
     if len(request.extra_references) > MAX_EXTRA_REFERENCES:
         raise Scail2InputError(
             f"at most {MAX_EXTRA_REFERENCES} additional references are supported, got {len(request.extra_references)}",
@@ -237,7 +252,9 @@ def prepare_inputs(request: GenerationRequest) -> PreparedInputs:
                 f"{driving.shape[0]}: they must match one to one",
                 field="driving_mask",
             )
-    driving_mask = _mask_or_alpha(driving_mask_frames, driving, mode, "driving", "driving_mask", "driving", video=True)
+    driving_mask = _mask_or_alpha(
+        driving_mask_frames, driving, mode, "driving", "driving_mask", "driving", video=True
+    )
 
     extra_images, extra_masks = [], []
     for index, extra in enumerate(request.extra_references):

@@ -107,7 +107,9 @@ def read_image(path: str | Path, field: str = "image", limits: MediaLimits = DEF
         raise Scail2InputError(f"{path}: not a readable image ({exc})", field=field) from exc
 
 
-def decode_image_bytes(data: bytes, name: str, field: str, limits: MediaLimits = DEFAULT_LIMITS) -> np.ndarray:
+def decode_image_bytes(
+    data: bytes, name: str, field: str, limits: MediaLimits = DEFAULT_LIMITS
+) -> np.ndarray:
     """Encoded image bytes (PNG, JPEG ...) -> [H, W, 3|4] uint8."""
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -131,7 +133,9 @@ def probe_video(path: str | Path, field: str = "video") -> VideoInfo:
     try:
         meta = next(reader)
     except (OSError, RuntimeError, StopIteration) as exc:
-        raise Scail2InputError(f"{path}: ffmpeg cannot read this video ({_first_line(exc)})", field=field) from exc
+        raise Scail2InputError(
+            f"{path}: ffmpeg cannot read this video ({_first_line(exc)})", field=field
+        ) from exc
     finally:
         reader.close()
     width, height = meta.get("size") or (0, 0)
@@ -139,8 +143,12 @@ def probe_video(path: str | Path, field: str = "video") -> VideoInfo:
     if width <= 0 or height <= 0:
         raise Scail2InputError(f"{path}: no video stream found", field=field)
     if not fps > 0:
-        raise Scail2InputError(f"{path}: the video reports no frame rate; re-encode it at a constant rate", field=field)
-    return VideoInfo(int(width), int(height), fps, float(meta.get("duration") or 0.0), str(meta.get("pix_fmt", "")))
+        raise Scail2InputError(
+            f"{path}: the video reports no frame rate; re-encode it at a constant rate", field=field
+        )
+    return VideoInfo(
+        int(width), int(height), fps, float(meta.get("duration") or 0.0), str(meta.get("pix_fmt", ""))
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -188,7 +196,9 @@ def read_video(
                 break
             frames.append(np.frombuffer(raw, dtype=np.uint8).reshape(info.height, info.width, channels))
     except (OSError, RuntimeError) as exc:
-        raise Scail2InputError(f"{path}: ffmpeg failed while decoding ({_first_line(exc)})", field=field) from exc
+        raise Scail2InputError(
+            f"{path}: ffmpeg failed while decoding ({_first_line(exc)})", field=field
+        ) from exc
     finally:
         reader.close()
     if not frames:
@@ -205,10 +215,14 @@ def _stack_frames(frames: list[np.ndarray], source: str, field: str) -> np.ndarr
         raise Scail2InputError(f"{source}: no PNG frames found", field=field)
     shapes = {frame.shape[:2] for frame in frames}
     if len(shapes) > 1:
-        raise Scail2InputError(f"{source}: frames differ in size ({sorted(shapes)}); render them all alike", field=field)
+        raise Scail2InputError(
+            f"{source}: frames differ in size ({sorted(shapes)}); render them all alike", field=field
+        )
     channels = max(frame.shape[2] for frame in frames)
     if channels == 4:
-        frames = [f if f.shape[2] == 4 else np.concatenate([f, np.full_like(f[..., :1], 255)], -1) for f in frames]
+        frames = [
+            f if f.shape[2] == 4 else np.concatenate([f, np.full_like(f[..., :1], 255)], -1) for f in frames
+        ]
     return np.stack(frames)
 
 
@@ -227,7 +241,9 @@ def read_frame_zip(
             key=_natural_key,
         )
         if len(names) > limits.max_frames:
-            raise Scail2InputError(f"{path}: {len(names)} frames is more than the {limits.max_frames}-frame limit", field=field)
+            raise Scail2InputError(
+                f"{path}: {len(names)} frames is more than the {limits.max_frames}-frame limit", field=field
+            )
         frames = [decode_image_bytes(archive.read(name), f"{path}:{name}", field, limits) for name in names]
     return VideoClip(_stack_frames(frames, str(path), field), _check_fps(fps, field))
 
@@ -239,7 +255,9 @@ def read_frame_folder(
     path = Path(path)
     names = sorted((p.name for p in path.iterdir() if p.suffix.lower() == ".png"), key=_natural_key)
     if len(names) > limits.max_frames:
-        raise Scail2InputError(f"{path}: {len(names)} frames is more than the {limits.max_frames}-frame limit", field=field)
+        raise Scail2InputError(
+            f"{path}: {len(names)} frames is more than the {limits.max_frames}-frame limit", field=field
+        )
     frames = [read_image(path / name, field, limits) for name in names]
     return VideoClip(_stack_frames(frames, str(path), field), _check_fps(fps, field))
 
@@ -266,7 +284,9 @@ def read_clip(
     if suffix == ".zip":
         return read_frame_zip(path, fps if fps is not None else 0.0, field, limits)
     if suffix in IMAGE_SUFFIXES:
-        return VideoClip(read_image(path, field, limits)[None], _check_fps(fps if fps is not None else 16.0, field))
+        return VideoClip(
+            read_image(path, field, limits)[None], _check_fps(fps if fps is not None else 16.0, field)
+        )
     return read_video(path, field, limits)
 
 

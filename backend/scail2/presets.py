@@ -54,10 +54,14 @@ class SamplingSettings:
         if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
             raise Scail2InputError(f"seed must be a non-negative integer, got {self.seed!r}", field="seed")
         if self.noise_mode not in ("official", "cpu"):
-            raise Scail2InputError(f"noise_mode must be 'official' or 'cpu', got {self.noise_mode!r}", field="noise_mode")
+            raise Scail2InputError(
+                f"noise_mode must be 'official' or 'cpu', got {self.noise_mode!r}", field="noise_mode"
+            )
         for name, strength in self.loras.items():
             if not -4.0 <= float(strength) <= 4.0:
-                raise Scail2InputError(f"LoRA {name!r} strength must be in -4..4, got {strength!r}", field="loras")
+                raise Scail2InputError(
+                    f"LoRA {name!r} strength must be in -4..4, got {strength!r}", field="loras"
+                )
 
     @property
     def uses_cfg(self) -> bool:
@@ -83,7 +87,9 @@ class SamplingSettings:
     ) -> SamplingSettings:
         """A preset with any of its values overridden (None keeps the preset's value)."""
         if name not in PRESETS:
-            raise Scail2InputError(f"unknown preset {name!r}: choose one of {', '.join(PRESET_NAMES)}", field="preset")
+            raise Scail2InputError(
+                f"unknown preset {name!r}: choose one of {', '.join(PRESET_NAMES)}", field="preset"
+            )
         base = PRESETS[name]
         overrides = {
             key: value
@@ -102,7 +108,9 @@ class SamplingSettings:
 
 
 PRESETS: dict[str, SamplingSettings] = {
-    "quality": SamplingSettings(sampler="unipc", steps=40, guidance=5.0, shift=3.0, loras={}, preset="quality"),
+    "quality": SamplingSettings(
+        sampler="unipc", steps=40, guidance=5.0, shift=3.0, loras={}, preset="quality"
+    ),
     "balanced": SamplingSettings(
         sampler="unipc", steps=8, guidance=1.0, shift=5.0, loras={"lightx2v": 1.0}, preset="balanced"
     ),
@@ -112,7 +120,9 @@ PRESETS: dict[str, SamplingSettings] = {
 }
 
 
-def check_loras_available(loras: Mapping[str, float], available: Mapping[str, object], preset: str | None) -> None:
+def check_loras_available(
+    loras: Mapping[str, float], available: Mapping[str, object], preset: str | None
+) -> None:
     """Fail clearly when a LoRA with a non-zero strength is not in the checkpoint folder."""
     missing = [name for name, strength in loras.items() if strength != 0.0 and name not in available]
     if not missing:

@@ -1,0 +1,739 @@
+"""``Scail2Pipeline``: the official SCAIL-2 sampling loop over windows, with resumable, cancellable progress.
+
+Per generation (official ``SCAIL2Pipeline.generate``, §5 of docs/scail2-reference.md):
+
+1. one noise generator, seeded once; the prompt and the negative prompt (default "") through umT5, the reference
+   through CLIP; the reference and any additional references through the VAE; their masks to 28 channels;
+2. per window: a fresh scheduler; the driving frames halved bilinearly and VAE-encoded; the driving masks halved
+   and compressed; for later windows the previous window's last ``segment_overlap`` decoded frames re-encoded as
+   clean history; then exactly one noise draw; the history latent frames pinned before every DiT call and after
+   every step; text-only CFG (no unconditional pass when guidance <= 1); decode.
+
+Unlike the official code the tail is kept by default (see ``segments.padded_windows``), the output plays at the
+driving clip's fps, and ``color_anchor`` can match later windows' colours to the first window's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .conditioning import GenerationRequest, PreparedInputs, prepare_inputs
+from .errors import CheckpointError, GenerationCancelled, Scail2InputError
+from .image_encoder import ClipImageEncoder
+from .layout import CheckpointLayout, resolve_checkpoint
+from .masks import (
+    compress_driving_mask,
+    compress_reference_mask,
+    halve_bilinear,
+    image_to_unit_range,
+    video_to_unit_range,
+)
+from .presets import SamplingSettings, check_loras_available
+from .schedulers import build_sampler
+from .segments import Window, official_windows, padded_windows
+from .text_encoder import T5EncoderConfig, UMT5TextEncoder
+from .transformer_scail2 import SCAIL2Transformer, infer_config_from_shapes, to_internal_keys
+from .vae import WanVideoVAE
+from .weights import open_state_dict
+
+logger = logging.getLogger(__name__)
+
+LATENT_CHANNELS = 16
+HISTORY_MASK_CHANNELS = 4
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """A progress report. ``window`` and ``step`` count from 1 (0 before the first window/step); ``phase`` is one
+    of "encode" (prompts and references), "window" (a window's inputs encoded), "step" (a denoising step done),
+    "decode" (a window decoded), "done"."""
+
+    phase: str
+    window: int
+    num_windows: int
+    step: int
+    num_steps: int
+
+    @property
+    def fraction(self) -> float:
+        """Overall completion in [0, 1], counting denoising steps."""
+        if self.phase == "done":
+            return 1.0
+        total = max(1, self.num_windows * self.num_steps)
+        return min(1.0, (max(0, self.window - 1) * self.num_steps + self.step) / total)
+
+
+@dataclass
+class WindowResult:
+    """One finished window: the frames it contributes to the output and what the next window needs.
+
+    ``frames`` [t, H, W, 3] uint8 excludes the history frames and any tail padding. ``history`` holds float32 CPU
+    tensors: "tail" [3, overlap, H, W], the decoded frames the next window re-encodes, and with colour
+    anchoring "anchor" [2, 3] (the first window's per-channel mean and std). Persist it with ``save`` to resume.
+    """
+
+    index: int
+    frames: np.ndarray
+    history: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> None:
+        """Write this window to one safetensors file, atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"frames": torch.from_numpy(np.ascontiguousarray(self.frames))}
+        tensors.update({f"history.{k}": v.contiguous().cpu() for k, v in self.history.items()})
+        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
+        try:
+            save_file(tensors, temp, metadata={"index": str(self.index)})
+            os.replace(temp, path)
+        finally:
+            Path(temp).unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, path: str | Path) -> WindowResult:
+        from safetensors import safe_open
+
+        path = Path(path)
+        try:
+            with safe_open(str(path), "pt") as handle:
+                index = int((handle.metadata() or {})["index"])
+            tensors = load_file(str(path))
+        except Exception as exc:
+            raise Scail2InputError(f"{path}: not a saved window ({exc})", field="resume") from exc
+        history = {k[len("history.") :]: v for k, v in tensors.items() if k.startswith("history.")}
+        return cls(index, tensors["frames"].numpy(), history)
+
+
+@dataclass
+class GenerationResult:
+    """The generated video: ``frames`` [T, H, W, 3] uint8 at ``fps`` (the driving clip's), and what produced it."""
+
+    frames: np.ndarray
+    fps: float
+    seed: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+
+@dataclass
+class EncodedConditions:
+    """Everything every window shares, already on the pipeline device."""
+
+    context: torch.Tensor  # [1, L, text_dim]
+    context_null: torch.Tensor | None  # [1, L', text_dim]; None when CFG is off
+    clip_features: torch.Tensor  # [1, 257, clip_dim]
+    ref_latent: torch.Tensor  # [16, 1, h, w]
+    ref_mask: torch.Tensor  # [28, 1, h, w]
+    extra_latents: torch.Tensor | None = None  # [16, N, h, w]
+    extra_masks: torch.Tensor | None = None  # [28, N, h, w]
+
+
+class FrameSource:
+    """Driving frames and masks for one window as float tensors, converted from uint8 only when needed.
+
+    Frames past the clip's end (tail padding) repeat the last frame.
+    """
+
+    def __init__(self, driving: torch.Tensor | np.ndarray, driving_mask: torch.Tensor | np.ndarray):
+        """``driving``: [T, 3, H, W] float in [-1, 1] or [T, H, W, 3] uint8; ``driving_mask``: [3, T, H, W]
+        float in [-1, 1] or [T, H, W, 3] uint8."""
+        self.driving = driving
+        self.driving_mask = driving_mask
+
+    @staticmethod
+    def _indices(window: Window) -> np.ndarray:
+        return np.minimum(np.arange(window.start, window.start + window.length), window.end - 1)
+
+    def pose(self, window: Window) -> torch.Tensor:
+        """[length, 3, H, W] in [-1, 1]."""
+        index = self._indices(window)
+        if isinstance(self.driving, np.ndarray):
+            return video_to_unit_range(torch.from_numpy(self.driving[index])).permute(0, 3, 1, 2)
+        return self.driving[torch.from_numpy(index)]
+
+    def mask(self, window: Window) -> torch.Tensor:
+        """[3, length, H, W] in [-1, 1]."""
+        index = self._indices(window)
+        if isinstance(self.driving_mask, np.ndarray):
+            return video_to_unit_range(torch.from_numpy(self.driving_mask[index])).permute(3, 0, 1, 2)
+        return self.driving_mask[:, torch.from_numpy(index)]
+
+
+def frames_to_uint8(video: torch.Tensor) -> np.ndarray:
+    """[3, T, H, W] in [-1, 1] -> [T, H, W, 3] uint8 (rounded)."""
+    pixels = ((video.float().clamp(-1, 1) + 1.0) * 127.5).round_().to(torch.uint8)
+    return pixels.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def _channel_stats(video: torch.Tensor) -> torch.Tensor:
+    """[3, T, H, W] -> [2, 3]: per-channel mean and std."""
+    flat = video.float().transpose(0, 1).reshape(video.shape[1], 3, -1).transpose(0, 1).reshape(3, -1)
+    return torch.stack([flat.mean(dim=1), flat.std(dim=1)])
+
+
+def anchor_colours(video: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """Shift and scale each channel of ``video`` [3, T, H, W] so its mean/std equal ``anchor`` [2, 3]."""
+    stats = _channel_stats(video).to(video.device)
+    anchor = anchor.to(video.device)
+    scale = anchor[1] / stats[1].clamp_min(1e-6)
+    out = (video.float() - stats[0].view(3, 1, 1, 1)) * scale.view(3, 1, 1, 1) + anchor[0].view(3, 1, 1, 1)
+    return out.clamp_(-1, 1)
+
+
+class Scail2Pipeline:
+    """SCAIL-2 inference from one checkpoint folder. See docs/ARCHITECTURE.md and docs/ENGINE.md."""
+
+    def __init__(
+        self,
+        transformer: SCAIL2Transformer,
+        text_encoder: UMT5TextEncoder,
+        image_encoder: ClipImageEncoder,
+        vae: WanVideoVAE,
+        *,
+        device: torch.device | str = "cpu",
+        layout: CheckpointLayout | None = None,
+        lora_manager: Any | None = None,
+        offload_encoders: bool | None = None,
+    ):
+        """``offload_encoders`` (default: True on CUDA) keeps umT5 and CLIP on the CPU between encodings, moving
+        them to the device only while they encode; they are not needed during denoising."""
+        self.transformer = transformer
+        self.text_encoder = text_encoder
+        self.image_encoder = image_encoder
+        self.vae = vae
+        self.device = torch.device(device)
+        self.layout = layout
+        self.lora_manager = lora_manager
+        self.offload_encoders = self.device.type == "cuda" if offload_encoders is None else offload_encoders
+        if self.offload_encoders:
+            self._park_encoders()
+
+    # ------------------------------------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        device: torch.device | str = "cuda",
+        dtype: torch.dtype = torch.bfloat16,
+        *,
+        extra_roots: Sequence[str | Path] = (),
+        vae_dtype: torch.dtype = torch.float32,
+        offload_encoders: bool | None = None,
+    ) -> Scail2Pipeline:
+        """Build the pipeline from a checkpoint folder in any supported layout (see ``layout.resolve_checkpoint``).
+
+        ``dtype`` is the DiT and encoder weight dtype (the official code runs umT5 in bf16 and CLIP in fp16; both
+        follow ``dtype`` here). The VAE stays float32 by default, as in the official decode.
+        """
+        device = torch.device(device)
+        layout = resolve_checkpoint(folder, extra_roots)
+        if layout.untrained:
+            logger.warning("%s is an UNTRAINED tiny test checkpoint: its output is noise", layout.root)
+        encoder_device = (
+            "cpu" if (offload_encoders is None and device.type == "cuda") or offload_encoders else device
+        )
+        transformer = load_transformer(layout, device=device, dtype=dtype)
+        text_encoder = load_text_encoder(layout, device=encoder_device, dtype=dtype)
+        image_encoder = ClipImageEncoder.from_layout(layout, dtype=dtype, device=encoder_device)
+        vae = WanVideoVAE.from_layout(layout, dtype=vae_dtype, device=device)
+        lora_manager = _make_lora_manager(transformer, layout)
+        return cls(
+            transformer,
+            text_encoder,
+            image_encoder,
+            vae,
+            device=device,
+            layout=layout,
+            lora_manager=lora_manager,
+            offload_encoders=offload_encoders,
+        )
+
+    def available_loras(self) -> dict[str, Path]:
+        """LoRA files found in the checkpoint folder, by canonical name ("lightx2v", "dpo", "relight", stems)."""
+        return dict(self.layout.loras) if self.layout is not None else {}
+
+    def set_loras(self, loras: dict[str, float], preset: str | None = None) -> None:
+        """Fuse exactly these LoRA strengths into the DiT (a no-op when they are already fused)."""
+        active = {name: float(s) for name, s in loras.items() if float(s) != 0.0}
+        check_loras_available(active, self.available_loras(), preset)
+        if self.lora_manager is None:
+            if active:
+                raise Scail2InputError(
+                    "this pipeline has no LoRA support (built without a layout)", field="loras"
+                )
+            return
+        self.lora_manager.set_strengths(active)
+
+    # ------------------------------------------------------------------------------------------- encoders
+
+    def _park_encoders(self) -> None:
+        for encoder in (self.text_encoder, self.image_encoder):
+            if encoder is not None and encoder.device.type != "cpu":
+                encoder.model.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _encoder_on_device(self, encoder):
+        if self.offload_encoders and encoder.device != self.device:
+            encoder.model.to(self.device)
+        return encoder
+
+    @torch.no_grad()
+    def encode_prompts(
+        self, prompt: str, negative_prompt: str, cfg: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        encoder = self._encoder_on_device(self.text_encoder)
+        prompts = [prompt, negative_prompt] if cfg else [prompt]
+        contexts = [encoder.encode([p])[0] for p in prompts]
+        context = contexts[0][None].to(self.device)
+        context_null = contexts[1][None].to(self.device) if cfg else None
+        return context, context_null
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """[3, H, W] in [-1, 1] -> CLIP tokens [1, 257, clip_dim] on the device."""
+        encoder = self._encoder_on_device(self.image_encoder)
+        return encoder.encode(image.to(encoder.device)).to(self.device)
+
+    @torch.no_grad()
+    def encode_references(
+        self,
+        reference: torch.Tensor,
+        reference_mask: torch.Tensor,
+        extra_images: Sequence[torch.Tensor] = (),
+        extra_masks: Sequence[torch.Tensor] = (),
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """References [3, H, W] in [-1, 1] -> (ref latent, ref 28-ch mask, extra latents, extra masks)."""
+        ref_latent = self.vae.encode(reference[:, None].to(self.device)).to(self.device)
+        ref_mask = compress_reference_mask(reference_mask).to(self.device)
+        if not extra_images:
+            return ref_latent, ref_mask, None, None
+        extra_latents = torch.cat(
+            [self.vae.encode(img[:, None].to(self.device)) for img in extra_images], dim=1
+        )
+        extra_mask = torch.cat([compress_reference_mask(m) for m in extra_masks], dim=1)
+        return ref_latent, ref_mask, extra_latents.to(self.device), extra_mask.to(self.device)
+
+    # ------------------------------------------------------------------------------------------- generate
+
+    @torch.no_grad()
+    def generate(
+        self,
+        request: GenerationRequest,
+        progress: Callable[[ProgressEvent], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        on_window: Callable[[WindowResult], None] | None = None,
+        resume: Sequence[WindowResult] | None = None,
+    ) -> GenerationResult:
+        """Generate the video for ``request``. See the module docstring and docs/ARCHITECTURE.md.
+
+        ``resume``: windows a previous run of the same request (same seed) finished; they are not recomputed and
+        the result is identical to an uninterrupted run. Raises ``GenerationCancelled`` when ``should_cancel()``
+        returns True (checked between steps), ``Scail2InputError`` for bad inputs.
+        """
+        sampling = request.sampling.with_seed()
+        self.set_loras(request.effective_loras, sampling.preset)
+        prepared = prepare_inputs(request)
+        windows = self.plan_windows(prepared.num_frames, request)
+        report = _Reporter(progress, len(windows), sampling.steps)
+        report("encode", 0, 0)
+
+        reference = image_to_unit_range(torch.from_numpy(prepared.reference).permute(2, 0, 1))
+        reference_mask = image_to_unit_range(torch.from_numpy(prepared.reference_mask).permute(2, 0, 1))
+        conditions = self.encode_conditions(request, prepared, reference, reference_mask, sampling)
+        frames = FrameSource(prepared.driving, prepared.driving_mask)
+        video_windows = self.denoise_windows(
+            conditions,
+            frames,
+            windows,
+            sampling,
+            replace=request.mode == "replacement",
+            height=prepared.height,
+            width=prepared.width,
+            color_anchor=request.color_anchor,
+            report=report,
+            should_cancel=should_cancel,
+            on_window=on_window,
+            resume=resume,
+        )
+        output = np.concatenate([w.frames for w in video_windows], axis=0)
+        report("done", len(windows), sampling.steps)
+        return GenerationResult(
+            frames=output,
+            fps=prepared.fps,
+            seed=int(sampling.seed),
+            settings={
+                "mode": request.mode,
+                "height": prepared.height,
+                "width": prepared.width,
+                "frames": int(output.shape[0]),
+                "fps": prepared.fps,
+                "sampler": sampling.sampler,
+                "steps": sampling.steps,
+                "guidance": sampling.guidance,
+                "shift": sampling.shift,
+                "seed": int(sampling.seed),
+                "noise_mode": sampling.noise_mode,
+                "preset": sampling.preset,
+                "loras": request.effective_loras,
+                "windows": len(windows),
+                "segment_len": request.segment_len,
+                "segment_overlap": request.segment_overlap,
+                "tail": request.tail,
+                "color_anchor": request.color_anchor,
+                "extra_references": len(prepared.extra_images),
+            },
+        )
+
+    @staticmethod
+    def plan_windows(num_frames: int, request: GenerationRequest) -> list[Window]:
+        build = padded_windows if request.tail == "pad" else official_windows
+        if request.tail not in ("pad", "drop"):
+            raise Scail2InputError(f"tail must be 'pad' or 'drop', got {request.tail!r}", field="tail")
+        try:
+            return build(num_frames, request.segment_len, request.segment_overlap)
+        except ValueError as exc:
+            raise Scail2InputError(str(exc), field="segment_len") from exc
+
+    def encode_conditions(
+        self,
+        request: GenerationRequest,
+        prepared: PreparedInputs,
+        reference: torch.Tensor,
+        reference_mask: torch.Tensor,
+        sampling: SamplingSettings,
+    ) -> EncodedConditions:
+        context, context_null = self.encode_prompts(
+            request.prompt, request.negative_prompt, sampling.uses_cfg
+        )
+        clip_features = self.encode_image(reference)
+        if self.offload_encoders:
+            self._park_encoders()  # umT5 and CLIP are not needed again for this request
+        extra_images = [
+            image_to_unit_range(torch.from_numpy(i).permute(2, 0, 1)) for i in prepared.extra_images
+        ]
+        extra_masks = [
+            image_to_unit_range(torch.from_numpy(m).permute(2, 0, 1)) for m in prepared.extra_masks
+        ]
+        ref_latent, ref_mask, extra_latents, extra_mask = self.encode_references(
+            reference, reference_mask, extra_images, extra_masks
+        )
+        return EncodedConditions(
+            context, context_null, clip_features, ref_latent, ref_mask, extra_latents, extra_mask
+        )
+
+    def _generator(self, sampling: SamplingSettings) -> torch.Generator:
+        device = self.device if sampling.noise_mode == "official" else torch.device("cpu")
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(sampling.seed))
+        return generator
+
+    def _velocity(
+        self,
+        latent: torch.Tensor,
+        timestep: torch.Tensor,
+        conditions: EncodedConditions,
+        window_inputs: dict[str, torch.Tensor | None],
+        replace: bool,
+        guidance: float,
+        trace_step: dict[str, list[torch.Tensor]] | None,
+    ) -> torch.Tensor:
+        def run(context: torch.Tensor) -> torch.Tensor:
+            return self.transformer(
+                latent[None],
+                timestep.to(self.device).reshape(1),
+                context,
+                conditions.clip_features,
+                conditions.ref_latent[None],
+                window_inputs["ref_masks"][None],
+                window_inputs["pose_latent"][None],
+                window_inputs["driving_masks"][None],
+                replace=replace,
+                history_mask=None
+                if window_inputs["history_mask"] is None
+                else window_inputs["history_mask"][None],
+                extra_ref_latents=None
+                if conditions.extra_latents is None
+                else conditions.extra_latents[None],
+                extra_ref_masks=None if conditions.extra_masks is None else conditions.extra_masks[None],
+                return_dict=False,
+            )[0][0].float()
+
+        cond = run(conditions.context)
+        if trace_step is not None:
+            trace_step["v_cond"].append(cond.cpu())
+        if guidance <= 1.0 or conditions.context_null is None:
+            return cond
+        uncond = run(conditions.context_null)
+        if trace_step is not None:
+            trace_step["v_uncond"].append(uncond.cpu())
+        return uncond + guidance * (cond - uncond)
+
+    def denoise_windows(
+        self,
+        conditions: EncodedConditions,
+        frames: FrameSource,
+        windows: Sequence[Window],
+        sampling: SamplingSettings,
+        *,
+        replace: bool,
+        height: int,
+        width: int,
+        color_anchor: bool = False,
+        report: _Reporter | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        on_window: Callable[[WindowResult], None] | None = None,
+        resume: Sequence[WindowResult] | None = None,
+        trace: dict[str, torch.Tensor] | None = None,
+    ) -> list[WindowResult]:
+        """The official per-window loop. Returns one ``WindowResult`` per window (resumed ones included).
+
+        ``trace``, when given, is filled with the official pipeline's intermediate tensors (``w{i}_noise``,
+        ``w{i}_dit_inputs``, ...), for the parity check.
+        """
+        report = report or _Reporter(None, len(windows), sampling.steps)
+        finished = _check_resume(resume, windows, height, width)
+        generator = self._generator(sampling)
+        latent_h, latent_w = height // 8, width // 8
+        results: list[WindowResult] = list(finished)
+        previous_tail: torch.Tensor | None = None
+        anchor: torch.Tensor | None = None
+        if finished:
+            previous_tail = finished[-1].history.get("tail")
+            anchor = finished[-1].history.get("anchor")
+
+        for window in windows:
+            shape = (LATENT_CHANNELS, window.latent_frames, latent_h, latent_w)
+            if window.index < len(finished):
+                # Keep the generator where the uninterrupted run would have it: one draw per window.
+                torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+                continue
+            _check_cancel(should_cancel)
+            sampler = build_sampler(sampling.sampler, sampling.steps, sampling.shift)
+
+            pose = halve_bilinear(frames.pose(window)).permute(1, 0, 2, 3)  # [3, length, H/2, W/2]
+            pose_latent = self.vae.encode(pose.to(self.device)).to(self.device)
+            driving_masks = compress_driving_mask(frames.mask(window)).to(self.device)
+            ref_masks = torch.cat(
+                [
+                    conditions.ref_mask,
+                    conditions.ref_mask.new_zeros(28, window.latent_frames, latent_h, latent_w),
+                ],
+                dim=1,
+            )
+            history_latent = history_mask = None
+            if window.history:
+                if previous_tail is None or previous_tail.shape[1] != window.history:
+                    raise RuntimeError(f"window {window.index} needs {window.history} history frames")
+                history_latent = self.vae.encode(previous_tail.to(self.device)).to(self.device)
+                history_mask = torch.zeros(HISTORY_MASK_CHANNELS, *shape[1:], device=self.device)
+                history_mask[:, : window.history_latent_frames] = 1.0
+            noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+            latent = noise.to(self.device)
+
+            latent = _pin_history(latent, history_latent)
+            window_inputs = {
+                "pose_latent": pose_latent,
+                "driving_masks": driving_masks,
+                "ref_masks": ref_masks,
+                "history_mask": history_mask,
+            }
+            trace_step: dict[str, list[torch.Tensor]] | None = (
+                {"dit_inputs": [], "v_cond": [], "v_uncond": []} if trace is not None else None
+            )
+            report("window", window.index + 1, 0)
+            for step in range(sampler.num_steps):
+                _check_cancel(should_cancel)
+                latent = _pin_history(latent, history_latent)
+                if trace_step is not None:
+                    trace_step["dit_inputs"].append(latent.cpu())
+                velocity = self._velocity(
+                    latent,
+                    sampler.timesteps[step],
+                    conditions,
+                    window_inputs,
+                    replace,
+                    sampling.guidance,
+                    trace_step,
+                )
+                latent = _pin_history(sampler.step(velocity, step, latent), history_latent)
+                report("step", window.index + 1, step + 1)
+
+            video = self.vae.decode(latent)  # [3, length, H, W] in [-1, 1]
+            if color_anchor:
+                if anchor is None:
+                    anchor = _channel_stats(video[:, : window.end - window.start]).cpu()
+                else:
+                    video = anchor_colours(video, anchor)
+            real = video[:, : window.end - window.start]
+            history = {}
+            if window.index + 1 < len(windows):
+                previous_tail = real[:, -windows[window.index + 1].history :].float().cpu().contiguous()
+                history["tail"] = previous_tail
+            if anchor is not None:
+                history["anchor"] = anchor
+            result = WindowResult(window.index, frames_to_uint8(real[:, window.history :]), history)
+            results.append(result)
+            if trace is not None:
+                self._record_trace(
+                    trace,
+                    window,
+                    noise,
+                    pose_latent,
+                    driving_masks,
+                    ref_masks,
+                    history_mask,
+                    history_latent,
+                    sampler.timesteps,
+                    trace_step,
+                    latent,
+                    real,
+                )
+            report("decode", window.index + 1, sampler.num_steps)
+            if on_window is not None:
+                on_window(result)
+        return results
+
+    @staticmethod
+    def _record_trace(
+        trace,
+        window,
+        noise,
+        pose_latent,
+        driving_masks,
+        ref_masks,
+        history_mask,
+        history_latent,
+        timesteps,
+        trace_step,
+        latent,
+        real,
+    ) -> None:
+        prefix = f"w{window.index}_"
+        trace[prefix + "noise"] = noise.cpu()
+        trace[prefix + "pose_latent"] = pose_latent.cpu()
+        trace[prefix + "driving_masks"] = driving_masks.cpu()
+        trace[prefix + "ref_masks"] = ref_masks.cpu()
+        if history_mask is not None:
+            trace[prefix + "history_mask"] = history_mask.cpu()
+            trace[prefix + "history_latent"] = history_latent.cpu()
+        trace[prefix + "timesteps"] = timesteps.clone()
+        for key, values in trace_step.items():
+            if values:
+                trace[prefix + key] = torch.stack(values)
+        trace[prefix + "final_latent"] = latent.cpu()
+        trace[prefix + "video"] = real.cpu()
+
+
+class _Reporter:
+    def __init__(self, callback: Callable[[ProgressEvent], None] | None, num_windows: int, num_steps: int):
+        self.callback = callback
+        self.num_windows = num_windows
+        self.num_steps = num_steps
+
+    def __call__(self, phase: str, window: int, step: int) -> None:
+        if self.callback is not None:
+            self.callback(ProgressEvent(phase, window, self.num_windows, step, self.num_steps))
+
+
+def _pin_history(latent: torch.Tensor, history_latent: torch.Tensor | None) -> torch.Tensor:
+    """``latent`` with its first frames replaced by the clean history latent (if any)."""
+    if history_latent is None:
+        return latent
+    pinned = latent.clone()
+    pinned[:, : history_latent.shape[1]] = history_latent
+    return pinned
+
+
+def _check_cancel(should_cancel: Callable[[], bool] | None) -> None:
+    if should_cancel is not None and should_cancel():
+        raise GenerationCancelled("generation cancelled")
+
+
+def _check_resume(
+    resume: Sequence[WindowResult] | None, windows: Sequence[Window], height: int, width: int
+) -> list[WindowResult]:
+    """The resumable prefix of ``resume``, checked against this request's windows."""
+    if not resume:
+        return []
+    finished = sorted(resume, key=lambda w: w.index)
+    for position, result in enumerate(finished):
+        if result.index != position:
+            raise Scail2InputError(
+                f"resume: windows must be 0..k-1 without gaps, got {[w.index for w in finished]}",
+                field="resume",
+            )
+        if position >= len(windows):
+            raise Scail2InputError(
+                f"resume: window {position} does not exist; this request has {len(windows)} windows",
+                field="resume",
+            )
+        window = windows[position]
+        expected = (window.end - window.output_start, height, width, 3)
+        if tuple(result.frames.shape) != expected:
+            raise Scail2InputError(
+                f"resume: window {position} has frames {tuple(result.frames.shape)}, expected {expected}; it "
+                "belongs to a different request",
+                field="resume",
+            )
+    last = finished[-1]
+    if last.index + 1 < len(windows) and "tail" not in last.history:
+        raise Scail2InputError(f"resume: window {last.index} lacks its history 'tail' frames", field="resume")
+    return finished
+
+
+# ----------------------------------------------------------------------------------------------- loaders
+
+
+def load_transformer(
+    layout: CheckpointLayout, *, device: torch.device | str, dtype: torch.dtype
+) -> SCAIL2Transformer:
+    """The DiT of ``layout``: the config comes from the tensor shapes (head count from a tiny config if any)."""
+    state = open_state_dict(layout.dit)
+    args = layout.configs.get("dit")
+    config = None
+    if args:
+        try:
+            head_dim = int(args["dim"]) // int(args["num_heads"])
+        except (KeyError, ValueError, ZeroDivisionError) as exc:
+            raise CheckpointError(
+                f"{layout.root}: the tiny config's 'dit' section needs dim and num_heads"
+            ) from exc
+        config = infer_config_from_shapes(to_internal_keys(state), head_dim=head_dim)
+        config["eps"] = float(args.get("eps", 1e-6))
+    return SCAIL2Transformer.from_state_dict(state, config, torch_dtype=dtype, device=device)
+
+
+def load_text_encoder(
+    layout: CheckpointLayout, *, device: torch.device | str, dtype: torch.dtype
+) -> UMT5TextEncoder:
+    if layout.text_encoder.format == "diffusers":
+        return UMT5TextEncoder.from_diffusers(
+            layout.text_encoder.path, layout.tokenizer, dtype=dtype, device=device
+        )
+    config = T5EncoderConfig.from_official_args(layout.configs.get("t5", {}))
+    return UMT5TextEncoder.from_official(
+        layout.text_encoder.path, layout.tokenizer, config, dtype=dtype, device=device
+    )
+
+
+def _make_lora_manager(transformer: SCAIL2Transformer, layout: CheckpointLayout):
+    """Engine A's LoRA fuse manager over the folder's LoRA files."""
+    from .lora import LoraManager
+
+    return LoraManager(transformer, layout.loras)
