@@ -9,6 +9,11 @@ from __future__ import annotations
 import bpy
 
 
+def path_options() -> set[str]:
+    """Path properties holding ``//`` paths must say so since 4.5 (else a warning per assignment)."""
+    return {"PATH_SUPPORTS_BLEND_RELATIVE"} if bpy.app.version >= (4, 5, 0) else set()
+
+
 def eevee_engine_id() -> str:
     """4.2-4.5 call the engine EEVEE Next; 5.0 renamed it back to plain EEVEE."""
     return "BLENDER_EEVEE_NEXT" if bpy.app.version < (5, 0, 0) else "BLENDER_EEVEE"

@@ -13,6 +13,10 @@ from bpy.props import (
     StringProperty,
 )
 
+from .compat import path_options
+
+_PATH = path_options()
+
 JOB_STATUSES = ("preparing", "uploading", "queued", "running", "downloading", "succeeded", "failed", "canceled",
                 "disconnected")
 ACTIVE_STATUSES = frozenset({"preparing", "uploading", "queued", "running", "downloading"})
@@ -26,8 +30,8 @@ class SCAIL_PG_extra_view(bpy.types.PropertyGroup):
     """One more view of the character: a camera to render from, or an image (and mask) from disk."""
 
     camera: PointerProperty(name="Camera", type=bpy.types.Object, poll=_is_camera)
-    image_path: StringProperty(name="Image", subtype="FILE_PATH", description="Rendered or external view")
-    mask_path: StringProperty(name="Mask", subtype="FILE_PATH", description="Identity mask (RGBA, transparent background)")
+    image_path: StringProperty(name="Image", subtype="FILE_PATH", options=_PATH, description="Rendered or external view")
+    mask_path: StringProperty(name="Mask", subtype="FILE_PATH", options=_PATH, description="Identity mask (RGBA, transparent background)")
 
 
 class SCAIL_PG_job(bpy.types.PropertyGroup):
@@ -47,7 +51,7 @@ class SCAIL_PG_job(bpy.types.PropertyGroup):
     num_steps: IntProperty(name="Steps")
     eta_seconds: FloatProperty(name="ETA", default=-1.0)
     created: StringProperty(name="Created")
-    output_dir: StringProperty(name="Output", subtype="DIR_PATH")
+    output_dir: StringProperty(name="Output", subtype="DIR_PATH", options=_PATH)
     frame_count: IntProperty(name="Frames")
     fps: FloatProperty(name="FPS")
     mode: StringProperty(name="Mode")
@@ -97,11 +101,11 @@ class SCAIL_PG_settings(bpy.types.PropertyGroup):
         name="Identity Colours", default=True,
         description="Render an exact multi-character mask with one palette colour per character",
     )
-    reference_image: StringProperty(name="Image", subtype="FILE_PATH")
-    reference_mask_image: StringProperty(name="Mask", subtype="FILE_PATH",
+    reference_image: StringProperty(name="Image", subtype="FILE_PATH", options=_PATH)
+    reference_mask_image: StringProperty(name="Mask", subtype="FILE_PATH", options=_PATH,
                                          description="Optional mask; empty uses the image's alpha, else automatic")
-    reference_path: StringProperty(name="Reference", subtype="FILE_PATH", description="Last rendered reference")
-    reference_ids_path: StringProperty(name="Identity Pass", subtype="FILE_PATH")
+    reference_path: StringProperty(name="Reference", subtype="FILE_PATH", options=_PATH, description="Last rendered reference")
+    reference_ids_path: StringProperty(name="Identity Pass", subtype="FILE_PATH", options=_PATH)
     extra_views: CollectionProperty(type=SCAIL_PG_extra_view)
     extra_view_index: IntProperty(name="Extra View")
 
@@ -117,10 +121,10 @@ class SCAIL_PG_settings(bpy.types.PropertyGroup):
         ],
         default="FILE",
     )
-    driving_file: StringProperty(name="Video", subtype="FILE_PATH")
+    driving_file: StringProperty(name="Video", subtype="FILE_PATH", options=_PATH)
     driving_clip: PointerProperty(name="Clip", type=bpy.types.MovieClip)
     driving_strip: StringProperty(name="Strip", description="Name of a movie strip in the Video Sequencer")
-    driving_sequence: StringProperty(name="First Image", subtype="FILE_PATH",
+    driving_sequence: StringProperty(name="First Image", subtype="FILE_PATH", options=_PATH,
                                      description="First image of a numbered sequence")
     driving_sequence_fps: FloatProperty(name="FPS", default=24.0, min=1.0, max=240.0)
     driving_camera: PointerProperty(name="Camera", type=bpy.types.Object, poll=_is_camera,
@@ -138,7 +142,7 @@ class SCAIL_PG_settings(bpy.types.PropertyGroup):
         ],
         default="AUTO",
     )
-    driving_mask_file: StringProperty(name="Mask Video", subtype="FILE_PATH")
+    driving_mask_file: StringProperty(name="Mask Video", subtype="FILE_PATH", options=_PATH)
     probed_fps: FloatProperty(name="FPS")
     probed_frames: IntProperty(name="Frames")
     probed_width: IntProperty(name="Width")

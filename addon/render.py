@@ -35,7 +35,10 @@ def overridden(items: list[tuple[object, str, object]]) -> Iterator[None]:
     saved: list[tuple[object, str, object]] = []
     try:
         for owner, attribute, value in items:
-            saved.append((owner, attribute, getattr(owner, attribute)))
+            old = getattr(owner, attribute)
+            if hasattr(old, "__len__") and not isinstance(old, str):
+                old = tuple(old)  # vectors and colours are live views of the data; keep a copy
+            saved.append((owner, attribute, old))
             setattr(owner, attribute, value)
         yield
     finally:

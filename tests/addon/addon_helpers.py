@@ -11,6 +11,7 @@ from pathlib import Path
 import bpy
 
 REPO = Path(__file__).resolve().parents[2]
+MEDIA = REPO.parent / "shared" / "media"
 
 
 def backend_python() -> Path:
