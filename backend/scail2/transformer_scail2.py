@@ -39,6 +39,7 @@ from torch import nn
 
 from .dit_keys import detect_key_space, internal_to_wan, sat_key_for_wan, sat_to_wan, wan_to_internal
 from .errors import CheckpointError
+from .parallel import parallelize_from_environment
 from .rope import SCAIL2RotaryPosEmbed, TokenLayout
 from .weights import LazyStateDict, TensorRef, load_into, meta_init, open_state_dict
 
@@ -424,6 +425,8 @@ class SCAIL2Transformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         model.requires_grad_(False)
         # Kept so LoRA strengths can later be re-applied onto the pristine weights (see .lora.LoraManager).
         model.checkpoint_state = internal
+        # Under torchrun (or in a worker rank process) the forward is split across the job's processes.
+        parallelize_from_environment(model)
         return model
 
 

@@ -1,6 +1,6 @@
 """Running one SCAIL-2 job across several processes: sequence parallelism, CFG parallelism and the launcher."""
 
-from .apply import ParallelTransformer, parallelize_transformer
+from .apply import ParallelTransformer, parallelize_from_environment, parallelize_transformer
 from .cfg import CfgParallel, enable_cfg_parallel
 from .runtime import (
     NVLINK_MULTICAST_OFF,
@@ -27,6 +27,7 @@ __all__ = [
     "enable_sequence_parallel",
     "init_parallel",
     "launched_distributed",
+    "parallelize_from_environment",
     "parallelize_transformer",
     "single_process_runtime",
 ]
