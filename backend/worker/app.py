@@ -1,0 +1,410 @@
+"""The FastAPI application of HTTP API v1 (see docs/API.md): routes, auth, error format.
+
+``create_app`` takes the already-built store, runner and settings; it never loads the model itself, so the CLI
+decides when the worker is ready. Every route except ``GET /v1/health`` needs the bearer token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import API_VERSION
+from .errors import ApiError, invalid
+from .runner import JobRunner
+from .schemas import (
+    ErrorResponse,
+    Health,
+    HealthPublic,
+    JobCreated,
+    JobError,
+    JobList,
+    JobProgress,
+    JobSpec,
+    JobStatus,
+    ResultInfo,
+    ResultManifest,
+)
+from .security import TokenGuard, client_namespace, new_job_id
+from .store import IdempotencyConflict, JobRecord, JobStore
+from .uploads import UploadLimits, build_request, canonical_field, discard, resolve_mask_sources, store_upload
+
+log = logging.getLogger("scail.worker.api")
+
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+MAX_IDEMPOTENCY_KEY = 200
+MAX_SPEC_BYTES = 64 << 10
+# Decoding and validating uploads holds whole clips in memory; two at a time bounds that.
+VALIDATION_SLOTS = 2
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 410, 411, 413, 415, 422)
+}
+
+
+@dataclass
+class WorkerInfo:
+    """What ``/v1/health`` reports about this worker."""
+
+    version: str
+    device: str
+    checkpoint: str
+    dtype: str
+    loras: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def _links(job_id: str) -> dict[str, str]:
+    base = f"/{API_VERSION}/jobs/{job_id}"
+    return {"self": base, "cancel": f"{base}/cancel", "result": f"{base}/result"}
+
+
+def job_status_body(store: JobStore, job: JobRecord) -> JobStatus:
+    result = None
+    if job.result and job.status == "succeeded":
+        result = ResultInfo(**job.result, manifest_url=_links(job.id)["result"])
+    return JobStatus(
+        id=job.id,
+        status=job.status,  # type: ignore[arg-type]
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        queue_position=store.queue_position(job),
+        progress=job.progress,
+        detail=JobProgress(fraction=job.progress, phase=job.phase, window=job.window, num_windows=job.num_windows,
+                           step=job.step, num_steps=job.num_steps,
+                           eta_seconds=round(job.eta, 1) if job.eta is not None else None),
+        cancel_requested=job.cancel_requested,
+        attempts=job.attempts,
+        windows_done=job.windows_done,
+        error=JobError(**job.error) if job.error else None,
+        result=result,
+        spec=JobSpec.model_validate(job.spec),
+        links=_links(job.id),
+    )
+
+
+def _validation_field(error: dict[str, Any], prefix: str) -> str:
+    parts = [str(part) for part in error.get("loc", ()) if part not in ("body",)]
+    return ".".join([prefix, *parts]) if parts else prefix
+
+
+def create_app(
+    store: JobStore,
+    runner: JobRunner,
+    guard: TokenGuard,
+    limits: UploadLimits,
+    info: WorkerInfo,
+) -> FastAPI:
+    app = FastAPI(
+        title="SCAIL-2 worker",
+        version=info.version,
+        description="SCAIL-2 motion transfer jobs: submit, poll, cancel, download. See docs/API.md.",
+        responses=ERROR_RESPONSES,
+    )
+    validation_slots = asyncio.Semaphore(VALIDATION_SLOTS)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        location = [str(part) for part in first.get("loc", ())]
+        field_name = location[-1] if location else None
+        return _error_response(ApiError(422, "invalid_field", str(first.get("msg", "invalid request")), field_name))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error_response(ApiError(exc.status_code, code, str(exc.detail), None))
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error in a request")
+        return _error_response(ApiError(500, "internal", f"internal error ({type(exc).__name__}); see the worker log"))
+
+    def authorize(authorization: str | None) -> None:
+        guard.require(authorization)
+
+    def find_job(job_id: str) -> JobRecord:
+        job = store.get(job_id) if JOB_ID_PATTERN.match(job_id) else None
+        if job is None:
+            raise ApiError(404, "not_found", f"no job {job_id!r} on this worker (deleted, or never submitted here)",
+                           "id")
+        return job
+
+    Authorization = Annotated[str | None, Header(description="Bearer <token>")]
+    ClientId = Annotated[str | None, Header(alias="X-Client-Id", description="groups jobs for GET /v1/jobs")]
+
+    # -- health --
+
+    @app.get(f"/{API_VERSION}/health", response_model=Health | HealthPublic, response_model_exclude_none=False)
+    def health(authorization: Authorization = None) -> Health | HealthPublic:
+        """Liveness and, with the token, the device, GPU memory, model and queue."""
+        if not guard.is_valid(authorization):
+            return HealthPublic(status="ok", version=info.version, api=API_VERSION, authenticated=False)
+        return Health(
+            status="ok",
+            version=info.version,
+            api=API_VERSION,
+            authenticated=True,
+            device=info.device,
+            gpu=_gpu_info(info.device),
+            model={"loaded": True, "checkpoint": info.checkpoint, "dtype": info.dtype, "loras": info.loras},
+            queue=store.counts(),
+            limits={"max_upload_mb": limits.max_upload_bytes / 2**20, "max_frames": limits.max_frames,
+                    "max_seconds": limits.max_seconds, "max_side": limits.max_side},
+            features={"auto_masks": False, "range_downloads": True, "idempotency_keys": True},
+        )
+
+    # -- submission --
+
+    @app.post(f"/{API_VERSION}/jobs", status_code=201, response_model=JobCreated)
+    async def submit_job(
+        request: Request,
+        authorization: Authorization = None,
+        client_id: ClientId = None,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    ) -> JSONResponse:
+        """Multipart: a JSON ``spec`` field and file fields. Validated fully before it is queued."""
+        authorize(authorization)
+        namespace = client_namespace(client_id)
+        if idempotency_key is not None and (
+            not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY or not idempotency_key.isprintable()
+        ):
+            raise invalid("Idempotency-Key", f"must be 1..{MAX_IDEMPOTENCY_KEY} printable characters", 400)
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            raise ApiError(415, "unsupported_media_type", "send the job as multipart/form-data with a JSON 'spec' "
+                           "field and file fields", "Content-Type")
+        length = request.headers.get("content-length")
+        if length is None or not length.isdigit():
+            raise ApiError(411, "length_required", "the request needs a Content-Length header", "Content-Length")
+        if int(length) > limits.max_upload_bytes:
+            raise ApiError(413, "too_large", f"the upload is {int(length) / 2**20:.1f} MiB; this worker accepts at "
+                           f"most {limits.max_upload_bytes / 2**20:.0f} MiB per job", "files")
+        try:
+            form = await request.form(max_files=32, max_fields=8, max_part_size=MAX_SPEC_BYTES)
+        except Exception as exc:  # multipart parse errors come in several types
+            raise ApiError(400, "malformed_body", f"could not parse the multipart body ({exc})", "body") from exc
+        staging = store.new_staging_dir()
+        try:
+            spec, raw_spec, uploads = _read_form(form)
+            files: dict[str, str] = {}
+            digests: dict[str, str] = {}
+            for field_name, upload in uploads.items():
+                name, digest, _ = await run_in_threadpool(store_upload, upload.file, field_name, staging)
+                files[field_name], digests[field_name] = name, digest
+            resolve_mask_sources(spec, files)
+            request_hash = hashlib.sha256(
+                json.dumps({"spec": raw_spec, "files": digests}, sort_keys=True).encode()
+            ).hexdigest()
+            if idempotency_key:
+                existing = store.find_by_idempotency_key(namespace, idempotency_key)
+                if existing is not None:
+                    discard(staging)
+                    return _created(_check_same(existing, request_hash), created=False)
+            async with validation_slots:
+                await run_in_threadpool(build_request, spec, files, staging, limits,
+                                        runner.pipeline.available_loras())
+            stored_spec = spec.model_dump(mode="json")
+            if stored_spec["seed"] is None:
+                # Fixed now, so a restarted job continues with the noise it started with.
+                stored_spec["seed"] = random.randrange(2**31)
+            job, created = await run_in_threadpool(
+                lambda: store.create_job(job_id=new_job_id(), namespace=namespace, idempotency_key=idempotency_key,
+                                         request_hash=request_hash, spec=stored_spec, inputs=files,
+                                         staged_inputs=staging))
+        except IdempotencyConflict as exc:
+            raise _conflict(exc.existing) from exc
+        finally:
+            await form.close()
+            discard(staging)
+        runner.notify()
+        log.info("job queued", extra={"job": job.id, "created": created, "files": sorted(files)})
+        return _created(job, created)
+
+    def _check_same(existing: JobRecord, request_hash: str) -> JobRecord:
+        if existing.request_hash != request_hash:
+            raise _conflict(existing)
+        return existing
+
+    def _conflict(existing: JobRecord) -> ApiError:
+        return ApiError(409, "idempotency_conflict", f"this Idempotency-Key was used for a different request "
+                        f"(job {existing.id}); use a new key for a new job", "Idempotency-Key")
+
+    def _created(job: JobRecord, created: bool) -> JSONResponse:
+        body = JobCreated(id=job.id, status=job.status, created=created, links=_links(job.id))  # type: ignore[arg-type]
+        return JSONResponse(body.model_dump(), status_code=201 if created else 200)
+
+    # -- jobs --
+
+    @app.get(f"/{API_VERSION}/jobs", response_model=JobList)
+    def list_jobs(
+        authorization: Authorization = None,
+        client_id: ClientId = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, Query(pattern=r"^\d{1,18}$")] = None,
+    ) -> JobList:
+        """The caller's jobs (same ``X-Client-Id``), newest first, ``limit`` per page."""
+        authorize(authorization)
+        records, next_seq = store.list_jobs(client_namespace(client_id), limit, int(cursor) if cursor else None)
+        return JobList(jobs=[job_status_body(store, job) for job in records],
+                       next_cursor=str(next_seq) if next_seq is not None else None)
+
+    @app.get(f"/{API_VERSION}/jobs/{{job_id}}", response_model=JobStatus)
+    def get_job(job_id: str, authorization: Authorization = None) -> JobStatus:
+        """Status, progress (window i/k, step j/n, ETA), error and result metadata."""
+        authorize(authorization)
+        return job_status_body(store, find_job(job_id))
+
+    @app.post(f"/{API_VERSION}/jobs/{{job_id}}/cancel", response_model=JobStatus)
+    def cancel_job(job_id: str, authorization: Authorization = None) -> JobStatus:
+        """Queued jobs are canceled at once; a running job stops at the next denoising step."""
+        authorize(authorization)
+        find_job(job_id)
+        job = store.request_cancel(job_id)
+        runner.cancel(job_id)
+        log.info("cancel requested", extra={"job": job_id})
+        return job_status_body(store, find_job(job_id) if job is None else job)
+
+    @app.delete(f"/{API_VERSION}/jobs/{{job_id}}", status_code=204)
+    def delete_job(job_id: str, authorization: Authorization = None) -> None:
+        """Remove a finished or queued job and its files; a running job must be canceled first."""
+        authorize(authorization)
+        job = find_job(job_id)
+        if job.status == "running":
+            raise ApiError(409, "job_running", "the job is running: cancel it, wait until its status is "
+                           "'canceled', then delete it", "id")
+        store.delete(job_id)
+        log.info("job deleted", extra={"job": job_id})
+
+    # -- results --
+
+    def finished_result(job_id: str) -> tuple[JobRecord, Path, dict[str, Any]]:
+        job = find_job(job_id)
+        if job.status != "succeeded":
+            raise ApiError(409, "not_ready", f"the job is {job.status}; results exist only once it has succeeded",
+                           "id")
+        if job.files_removed:
+            raise ApiError(410, "expired", "the result files were removed by the worker's retention policy", "id")
+        folder = store.job_dir(job.id) / "result"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        return job, folder, manifest
+
+    @app.get(f"/{API_VERSION}/jobs/{{job_id}}/result", response_model=ResultManifest)
+    def result_manifest(job_id: str, authorization: Authorization = None) -> ResultManifest:
+        """Every result file with its size, SHA-256 and download URL."""
+        authorize(authorization)
+        job, _, manifest = finished_result(job_id)
+        base = _links(job.id)["result"]
+        files = []
+        for entry in manifest["files"]:
+            url = {"frame": f"{base}/frames/{entry.get('index')}", "zip": f"{base}/zip", "mp4": f"{base}/mp4"}
+            files.append({key: entry[key] for key in ("name", "kind", "size", "sha256")} | {"url": url[entry["kind"]]})
+        return ResultManifest(job_id=job.id, frames=manifest["frames"], fps=manifest["fps"], width=manifest["width"],
+                              height=manifest["height"], files=files)
+
+    def file_response(folder: Path, manifest: dict[str, Any], kind: str, index: int | None = None) -> FileResponse:
+        for entry in manifest["files"]:
+            if entry["kind"] == kind and (index is None or entry.get("index") == index):
+                media_type = {"frame": "image/png", "zip": "application/zip", "mp4": "video/mp4"}[kind]
+                # entry["name"] was written by the runner, never taken from the request.
+                return FileResponse(folder / entry["name"], media_type=media_type,
+                                    headers={"ETag": f'"{entry["sha256"]}"', "X-Content-SHA256": entry["sha256"],
+                                             "Cache-Control": "private, max-age=0"},
+                                    filename=Path(entry["name"]).name, content_disposition_type="attachment")
+        raise ApiError(404, "not_found", f"the result has no frame {index}" if index is not None else
+                       f"the result has no {kind}", "index" if index is not None else None)
+
+    @app.get(f"/{API_VERSION}/jobs/{{job_id}}/result/frames/{{index}}", response_class=FileResponse)
+    def result_frame(job_id: str, index: int, authorization: Authorization = None) -> FileResponse:
+        """One output frame as PNG (0-based). Supports HTTP Range and If-Range with the ETag (its SHA-256)."""
+        authorize(authorization)
+        _, folder, manifest = finished_result(job_id)
+        return file_response(folder, manifest, "frame", index)
+
+    @app.get(f"/{API_VERSION}/jobs/{{job_id}}/result/zip", response_class=FileResponse)
+    def result_zip(job_id: str, authorization: Authorization = None) -> FileResponse:
+        """All output frames as a zip of PNGs (frames/000000.png ...). Supports HTTP Range."""
+        authorize(authorization)
+        _, folder, manifest = finished_result(job_id)
+        return file_response(folder, manifest, "zip")
+
+    @app.get(f"/{API_VERSION}/jobs/{{job_id}}/result/mp4", response_class=FileResponse)
+    def result_mp4(job_id: str, authorization: Authorization = None) -> FileResponse:
+        """The output as H.264 mp4 at the driving clip's fps. Supports HTTP Range."""
+        authorize(authorization)
+        _, folder, manifest = finished_result(job_id)
+        return file_response(folder, manifest, "mp4")
+
+    return app
+
+
+def _read_form(form: Any) -> tuple[JobSpec, dict[str, Any], dict[str, UploadFile]]:
+    """Split the multipart form into the parsed spec and the allow-listed uploads (422/400 naming the field)."""
+    raw = None
+    uploads: dict[str, UploadFile] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            name = canonical_field(key)
+            if name in uploads:
+                raise invalid(name, "this file field was sent twice")
+            uploads[name] = value
+        elif key == "spec":
+            if raw is not None:
+                raise invalid("spec", "the spec field was sent twice", 400)
+            raw = value
+        else:
+            raise invalid(key if key.isprintable() and len(key) < 64 else "body",
+                          "unknown form field; send a JSON 'spec' field and file fields", 400)
+    if raw is None:
+        raise invalid("spec", "the multipart body needs a 'spec' field holding the job's JSON settings", 400)
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"spec is not valid JSON: {exc}", "spec") from exc
+    if not isinstance(parsed, dict):
+        raise ApiError(400, "malformed_json", "spec must be a JSON object", "spec")
+    try:
+        spec = JobSpec.model_validate(parsed)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        raise invalid(_validation_field(first, "spec"), message) from exc
+    return spec, parsed, uploads
+
+
+def _gpu_info(device: str) -> dict[str, Any] | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    index = torch.device(device).index or 0
+    props = torch.cuda.get_device_properties(index)
+    return {
+        "name": props.name,
+        "memory_total_mb": props.total_memory // 2**20,
+        "memory_allocated_mb": torch.cuda.memory_allocated(index) // 2**20,
+        "memory_reserved_mb": torch.cuda.memory_reserved(index) // 2**20,
+    }

@@ -1,0 +1,222 @@
+"""``scail-worker serve``: load the model once, recover the job store, then serve HTTP API v1.
+
+Prints exactly one line ``SCAIL-WORKER READY http(s)://HOST:PORT`` on stdout (flushed) once the model is loaded
+and the socket is accepting connections; ``--port 0`` picks a free port and the line carries the real one. When no
+token is given (``--token`` or ``SCAIL_WORKER_TOKEN``), one is generated and printed once on stdout as
+``SCAIL-WORKER TOKEN <token>``, before the ready line; logs (JSON lines on stderr) never contain it.
+
+Exit codes: 0 after a clean stop (SIGINT/SIGTERM: the running job is put back in the queue), 2 for bad arguments,
+3 when the checkpoint cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .security import TokenGuard, generate_token, is_loopback, token_fingerprint
+
+log = logging.getLogger("scail.worker")
+
+TOKEN_ENV = "SCAIL_WORKER_TOKEN"
+READY_PREFIX = "SCAIL-WORKER READY"
+TOKEN_PREFIX = "SCAIL-WORKER TOKEN"
+RETENTION_SWEEP_S = 600.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scail-worker", description="SCAIL-2 GPU worker service (HTTP API v1)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="load the model and serve jobs")
+    serve.add_argument("--checkpoint", required=True, type=Path, help="SCAIL-2 checkpoint folder (any layout)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    serve.add_argument("--port", type=int, default=8765, help="TCP port; 0 picks a free one (see the ready line)")
+    serve.add_argument("--token", default=None,
+                       help=f"bearer token clients must send (or set {TOKEN_ENV}, which keeps it out of `ps`); "
+                       "generated and printed once when omitted; mandatory off loopback")
+    serve.add_argument("--data", required=True, type=Path, help="job store folder (database, uploads, results)")
+    serve.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N")
+    serve.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
+                       help="weight dtype (default bfloat16 on CUDA, float32 on CPU)")
+    serve.add_argument("--max-upload-mb", type=float, default=2048.0, help="largest accepted submission")
+    serve.add_argument("--max-frames", type=int, default=2400, help="most frames per driving clip")
+    serve.add_argument("--max-seconds", type=float, default=600.0, help="longest driving clip")
+    serve.add_argument("--max-side", type=int, default=4096, help="largest input side in pixels")
+    serve.add_argument("--ssl-certfile", type=Path, default=None, help="TLS certificate (PEM) to serve https")
+    serve.add_argument("--ssl-keyfile", type=Path, default=None, help="TLS private key (PEM)")
+    serve.add_argument("--retention-hours", type=float, default=72.0,
+                       help="remove finished jobs' files after this many hours (0 keeps them)")
+    serve.add_argument("--retention-gb", type=float, default=50.0,
+                       help="disk budget for job files; oldest finished jobs go first (0: no budget)")
+    serve.add_argument("--exit-with-parent", type=int, default=None, metavar="PID",
+                       help="stop when process PID (the launcher, e.g. Blender) is gone")
+    serve.add_argument("--log-file", type=Path, default=None, help="also write the JSON log lines here")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return parser
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"scail-worker: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host.strip("[]"), port))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether ``pid`` still runs. POSIX: our parent changes when it dies; Windows: ask the kernel."""
+    if sys.platform != "win32":
+        return os.getppid() == pid
+    import ctypes
+
+    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return False
+    code = ctypes.c_ulong()
+    kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+    kernel32.CloseHandle(handle)
+    return code.value == 259  # STILL_ACTIVE
+
+
+def serve(args: argparse.Namespace) -> int:
+    from .logs import configure_logging
+
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if token is None and not is_loopback(args.host):
+        return _fail(f"--host {args.host} is reachable from other machines: give --token (or {TOKEN_ENV})")
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        return _fail("--ssl-certfile and --ssl-keyfile go together")
+    if not args.checkpoint.is_dir():
+        return _fail(f"--checkpoint {args.checkpoint}: not a folder", 3)
+    generated = token is None
+    if generated:
+        token = generate_token()
+    try:
+        guard = TokenGuard(token)
+    except ValueError as exc:
+        return _fail(str(exc))
+    configure_logging(args.log_level, str(args.log_file) if args.log_file else None)
+    # The token itself goes to stdout once, here; the log only ever gets its fingerprint.
+    if generated:
+        print(f"{TOKEN_PREFIX} {token}", flush=True)
+
+    import torch
+
+    from backend import __version__ as version
+    from backend.scail2 import CheckpointError
+
+    from .app import WorkerInfo, create_app
+    from .runner import JobRunner
+    from .store import JobStore
+    from .uploads import UploadLimits
+
+    device = args.device
+    dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    store = JobStore(args.data)
+    store.recover()
+    log.info("loading checkpoint", extra={"checkpoint": str(args.checkpoint), "device": device, "dtype": dtype_name,
+                                         "token_fingerprint": token_fingerprint(token)})
+    started = time.monotonic()
+    try:
+        from backend.scail2.pipeline import Scail2Pipeline
+
+        pipeline = Scail2Pipeline.from_pretrained(args.checkpoint, device=device, dtype=getattr(torch, dtype_name))
+    except CheckpointError as exc:
+        log.error("checkpoint failed to load", extra={"error": str(exc)})
+        return _fail(f"cannot load the checkpoint: {exc}", 3)
+    log.info("model loaded", extra={"seconds": round(time.monotonic() - started, 2)})
+
+    limits = UploadLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_frames=args.max_frames,
+                          max_seconds=args.max_seconds, max_side=args.max_side)
+    runner = JobRunner(store, pipeline, limits, device)
+    info = WorkerInfo(version=version, device=device, checkpoint=str(args.checkpoint.resolve()), dtype=dtype_name,
+                      loras=sorted(pipeline.available_loras()))
+    app = create_app(store, runner, guard, limits, info)
+    try:
+        sock = _bind(args.host, args.port)
+    except OSError as exc:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {exc}")
+    port = sock.getsockname()[1]
+    scheme = "https" if args.ssl_certfile else "http"
+    host = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
+
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        ssl_certfile=str(args.ssl_certfile) if args.ssl_certfile else None,
+        ssl_keyfile=str(args.ssl_keyfile) if args.ssl_keyfile else None,
+        timeout_keep_alive=30,
+        limit_concurrency=512,
+    )
+    server = uvicorn.Server(config)
+    retention_stop = threading.Event()
+
+    def announce_when_listening() -> None:
+        while not server.started:
+            if server.should_exit:
+                return
+            time.sleep(0.02)
+        log.info("worker ready", extra={"url": f"{scheme}://{host}:{port}"})
+        print(f"{READY_PREFIX} {scheme}://{host}:{port}", flush=True)
+
+    def retention_loop() -> None:
+        max_age = args.retention_hours * 3600 if args.retention_hours > 0 else None
+        max_bytes = int(args.retention_gb * 2**30) if args.retention_gb > 0 else None
+        while not retention_stop.is_set():
+            try:
+                store.apply_retention(max_age, max_bytes)
+            except Exception:
+                log.exception("retention sweep failed")
+            retention_stop.wait(RETENTION_SWEEP_S)
+            store.close()
+
+    def watch_parent() -> None:
+        while not server.should_exit:
+            if not _process_alive(args.exit_with_parent):
+                log.warning("the launching process is gone; stopping", extra={"parent_pid": args.exit_with_parent})
+                server.should_exit = True
+                return
+            time.sleep(1.0)
+
+    if args.exit_with_parent is not None:
+        if not _process_alive(args.exit_with_parent):
+            return _fail(f"--exit-with-parent {args.exit_with_parent}: that process is not our parent")
+        threading.Thread(target=watch_parent, name="scail-parent-watch", daemon=True).start()
+    runner.start()
+    threading.Thread(target=announce_when_listening, name="scail-ready", daemon=True).start()
+    threading.Thread(target=retention_loop, name="scail-retention", daemon=True).start()
+    try:
+        server.run(sockets=[sock])  # handles SIGINT/SIGTERM by finishing in-flight requests and returning
+    finally:
+        retention_stop.set()
+        runner.stop()
+        log.info("worker stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""The GPU job loop: one thread owns the warm pipeline and runs queued jobs one at a time, oldest first.
+
+For each job it rebuilds the engine request from the stored uploads, hands the engine the windows a previous
+attempt already finished (``resume``), stores every new window as soon as the engine reports it (``on_window``:
+file renamed into place, then the row committed), writes the result folder atomically, and only then commits
+``succeeded``. Progress is written to the store as it comes, so status requests never talk to this thread.
+
+Stopping the worker (SIGTERM/SIGINT) interrupts the running job between steps and puts it back in the queue; a
+crash (kill -9, power loss) leaves it ``running`` in the database, which ``JobStore.recover`` requeues at the next
+start. Either way the job resumes after its last stored window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+import traceback
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .schemas import JobSpec
+from .store import JobRecord, JobStore, write_json_atomic
+from .uploads import UploadLimits, build_request
+
+log = logging.getLogger("scail.worker.runner")
+
+PROGRESS_WRITE_INTERVAL_S = 0.25
+HASH_CHUNK = 1 << 20
+
+
+class WorkerShutdown(Exception):
+    """The worker is stopping: the job goes back to the queue instead of being canceled."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- window files ----------------------------------------------------------------------------------------------
+
+
+def save_window(window: Any, path: Path) -> int:
+    """Store one engine ``WindowResult`` durably: the engine writes it atomically, then it is fsync'd so that the
+    row committed next never points at a file a power loss could still take away. Returns its frame count."""
+    window.save(path)
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return int(window.frames.shape[0])
+
+
+# -- result folder ---------------------------------------------------------------------------------------------
+
+
+def write_result(frames: np.ndarray, fps: float, job_dir: Path) -> dict[str, Any]:
+    """Write frames/NNNNNN.png, result.mp4, result.zip and manifest.json into ``job_dir/result`` atomically."""
+    from PIL import Image
+
+    from backend.scail2.media import write_mp4
+
+    staging = job_dir / "result.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "frames").mkdir(parents=True)
+    files: list[dict[str, Any]] = []
+    frame_names = []
+    for index, frame in enumerate(frames):
+        name = f"{index:06d}.png"
+        Image.fromarray(np.ascontiguousarray(frame)).save(staging / "frames" / name, format="PNG")
+        frame_names.append(name)
+    with zipfile.ZipFile(staging / "result.zip", "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in frame_names:
+            archive.write(staging / "frames" / name, arcname=f"frames/{name}")
+    write_mp4(frames, fps, staging / "result.mp4")
+    for index, name in enumerate(frame_names):
+        path = staging / "frames" / name
+        files.append({"name": f"frames/{name}", "kind": "frame", "index": index, "size": path.stat().st_size,
+                      "sha256": sha256_file(path)})
+    for name, kind in (("result.zip", "zip"), ("result.mp4", "mp4")):
+        path = staging / name
+        files.append({"name": name, "kind": kind, "size": path.stat().st_size, "sha256": sha256_file(path)})
+    manifest = {
+        "frames": int(frames.shape[0]),
+        "fps": float(fps),
+        "height": int(frames.shape[1]),
+        "width": int(frames.shape[2]),
+        "files": files,
+    }
+    write_json_atomic(staging / "manifest.json", manifest)
+    target = job_dir / "result"
+    if target.exists():  # left by an attempt that crashed after the rename but before the commit
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    return manifest
+
+
+# -- the loop --------------------------------------------------------------------------------------------------
+
+
+class _ProgressTracker:
+    """Turns engine ``ProgressEvent``s into progress columns, ETA and per-phase timings."""
+
+    def __init__(self, store: JobStore, job_id: str):
+        self.store = store
+        self.job_id = job_id
+        self.phase_seconds: dict[str, float] = {}
+        self._phase: str | None = None
+        self._phase_since = time.monotonic()
+        self._last_write = 0.0
+        self._last_key: tuple | None = None
+        self._denoise_start: tuple[float, float] | None = None  # (monotonic time, fraction) at first step
+
+    def set_phase(self, phase: str) -> None:
+        now = time.monotonic()
+        if self._phase is not None:
+            self.phase_seconds[self._phase] = self.phase_seconds.get(self._phase, 0.0) + now - self._phase_since
+        self._phase, self._phase_since = phase, now
+
+    def finish(self) -> None:
+        self.set_phase("done")
+
+    def __call__(self, event: Any) -> None:
+        phase = str(getattr(event, "phase", "running"))
+        if phase != self._phase:
+            self.set_phase(phase)
+        window = getattr(event, "window", None)
+        num_windows = getattr(event, "num_windows", None)
+        step = getattr(event, "step", None)
+        num_steps = getattr(event, "num_steps", None)
+        fraction = float(event.fraction) if hasattr(event, "fraction") else _fraction(window, num_windows, step,
+                                                                                        num_steps)
+        eta = None
+        now = time.monotonic()
+        if fraction is not None and phase == "step":
+            if self._denoise_start is None:
+                self._denoise_start = (now, fraction)
+            start_time, start_fraction = self._denoise_start
+            done = fraction - start_fraction
+            if done > 1e-6:
+                eta = (now - start_time) / done * (1.0 - fraction)
+        key = (phase, window, num_windows)
+        if key == self._last_key and now - self._last_write < PROGRESS_WRITE_INTERVAL_S and step != num_steps:
+            return
+        self._last_key, self._last_write = key, now
+        columns: dict[str, Any] = {"phase": phase, "window": window, "num_windows": num_windows, "step": step,
+                                   "num_steps": num_steps, "eta": eta}
+        if fraction is not None:
+            columns["progress"] = min(0.99, fraction)
+        self.store.update_progress(self.job_id, **columns)
+
+
+def _fraction(window: int | None, num_windows: int | None, step: int | None, num_steps: int | None) -> float | None:
+    """Overall progress from a 1-based window i of k and step j of n (j = 0: the window is starting)."""
+    if not window or not num_windows:
+        return None
+    within = (step or 0) / num_steps if num_steps else 0.0
+    return ((window - 1) + within) / num_windows
+
+
+class JobRunner:
+    """Owns the pipeline; runs one job at a time on its own thread."""
+
+    def __init__(self, store: JobStore, pipeline: Any, limits: UploadLimits, device: str):
+        self.store = store
+        self.pipeline = pipeline
+        self.limits = limits
+        self.device = device
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._cancel = threading.Event()
+        self._current: str | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="scail-gpu-runner", daemon=True)
+
+    # -- control from other threads --
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def notify(self) -> None:
+        """A job was queued."""
+        self._wake.set()
+
+    def cancel(self, job_id: str) -> None:
+        """Ask the running job to stop at the next step boundary (the store already has the flag)."""
+        with self._lock:
+            if self._current == job_id:
+                self._cancel.set()
+
+    @property
+    def current_job(self) -> str | None:
+        return self._current
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Interrupt the running job (it is requeued) and wait for the thread to end."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- the loop --
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            job = self.store.claim_next()
+            if job is None:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            with self._lock:
+                self._current = job.id
+                self._cancel.clear()
+            try:
+                self._run(job)
+            except Exception:  # never let one job take the loop down
+                log.exception("runner error outside a job", extra={"job": job.id})
+            finally:
+                with self._lock:
+                    self._current = None
+
+    def _should_cancel(self) -> bool:
+        if self._stop.is_set():
+            raise WorkerShutdown()
+        return self._cancel.is_set()
+
+    def _run(self, job: JobRecord) -> None:
+        from backend.scail2 import CheckpointError, GenerationCancelled, Scail2InputError
+
+        started = time.monotonic()
+        job_dir = self.store.job_dir(job.id)
+        spec = JobSpec.model_validate(job.spec)
+        tracker = _ProgressTracker(self.store, job.id)
+        cuda = self.device.startswith("cuda")
+        if cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self.device)
+        status, error, manifest = "failed", None, None
+        resumed = 0
+        summary: dict[str, Any] = {}
+        try:
+            if self.store.is_cancel_requested(job.id):
+                raise GenerationCancelled("canceled before it started")
+            tracker.set_phase("decoding")
+            self.store.update_progress(job.id, phase="decoding")
+            request, prepared = build_request(spec, job.inputs, job_dir / "inputs", self.limits,
+                                              self.pipeline.available_loras())
+            summary = _settings_summary(spec, request, prepared)
+            window_type = _window_type()
+            resume = [window_type.load(path) for _, path in self.store.finished_windows(job.id)]
+            resumed = len(resume)
+
+            def on_window(window: Any) -> None:
+                index = int(window.index)
+                frames = save_window(window, self.store.window_path(job.id, index))
+                self.store.record_window(job.id, index, frames)
+
+            result = self.pipeline.generate(request, progress=tracker, should_cancel=self._should_cancel,
+                                            on_window=on_window, resume=resume)
+            tracker.set_phase("writing")
+            self.store.update_progress(job.id, phase="writing")
+            manifest = write_result(np.asarray(result.frames), float(result.fps), job_dir)
+            status = "succeeded"
+        except WorkerShutdown:
+            self.store.requeue(job.id)
+            log.info("job interrupted by shutdown; requeued", extra={"job": job.id})
+            return
+        except GenerationCancelled:
+            status = "canceled"
+        except Exception as exc:  # noqa: BLE001 - every failure must end the job, not the worker
+            error = _describe_failure(exc, Scail2InputError, CheckpointError)
+        finally:
+            tracker.finish()
+        peak_mb = None
+        if cuda:
+            import torch
+
+            peak_mb = round(torch.cuda.max_memory_allocated(self.device) / 2**20)
+        timings = {
+            "phases_s": {name: round(seconds, 3) for name, seconds in tracker.phase_seconds.items()},
+            "run_s": round(time.monotonic() - started, 3),
+            "queued_s": round((job.started_at or time.time()) - job.created_at, 3),
+            "peak_gpu_mb": peak_mb,
+            "resumed_windows": resumed,
+        }
+        result_info = None
+        if manifest is not None:
+            result_info = {key: manifest[key] for key in ("frames", "fps", "width", "height")}
+        self.store.finish(job.id, status, error=error, result=result_info, timings=timings)
+        log.info(
+            "job finished",
+            extra={"job": job.id, "status": status, "attempt": job.attempts, "settings": summary,
+                   "timings": timings, "error": error},
+        )
+
+
+def _window_type() -> type:
+    from backend.scail2.pipeline import WindowResult
+
+    return WindowResult
+
+
+def _settings_summary(spec: JobSpec, request: Any, prepared: Any) -> dict[str, Any]:
+    sampling = request.sampling
+    return {
+        "mode": spec.mode,
+        "preset": spec.preset,
+        "sampler": sampling.sampler,
+        "steps": sampling.steps,
+        "guidance": sampling.guidance,
+        "shift": sampling.shift,
+        "seed": sampling.seed,
+        "loras": request.effective_loras,
+        "size": f"{prepared.width}x{prepared.height}",
+        "frames": prepared.num_frames,
+        "fps": prepared.fps,
+        "extra_references": len(prepared.extra_images),
+    }
+
+
+def _describe_failure(exc: Exception, input_error: type, checkpoint_error: type) -> dict[str, Any]:
+    from .uploads import engine_error
+
+    if isinstance(exc, input_error):
+        api = engine_error(exc)
+        return {"type": "input", "field": api.field, "message": api.message}
+    if isinstance(exc, checkpoint_error):
+        return {"type": "checkpoint", "field": None, "message": str(exc)}
+    from .errors import ApiError
+
+    if isinstance(exc, ApiError):
+        return {"type": "input", "field": exc.field, "message": exc.message}
+    log.error("job failed with an internal error", extra={"traceback": traceback.format_exc()})
+    return {"type": "internal", "field": None, "message": f"{type(exc).__name__}: {exc}"}

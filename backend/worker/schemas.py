@@ -1,0 +1,215 @@
+"""Pydantic models of every request and response body of HTTP API v1 (documented in docs/API.md).
+
+``JobSpec`` is the JSON ``spec`` field of ``POST /v1/jobs``; the rest describe what the server returns. The same
+names appear in the OpenAPI schema FastAPI serves at ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PRESETS = ("fast", "balanced", "quality")
+SAMPLERS = ("unipc", "dpm++", "euler")
+NAMED_SIZES = ("512p", "704p")
+SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
+SIZE_MULTIPLE = 32
+MIN_SIDE = 64
+MAX_EXTRA_REFERENCES = 8
+
+JobStatusName = Literal["queued", "running", "succeeded", "failed", "canceled"]
+FINISHED_STATUSES = ("succeeded", "failed", "canceled")
+MaskSource = Literal["alpha", "file", "auto"]
+
+
+class JobSpec(BaseModel):
+    """What to generate. Unknown keys are refused so that a typo never silently falls back to a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["animation", "replacement"] = "animation"
+    prompt: str = Field("", max_length=4000)
+    negative_prompt: str = Field("", max_length=4000)
+    preset: Literal["fast", "balanced", "quality"] = "fast"
+    steps: int | None = Field(None, ge=1, le=200, description="overrides the preset's step count")
+    guidance: float | None = Field(None, ge=0.0, le=30.0, description="text CFG scale; <= 1 skips the uncond pass")
+    shift: float | None = Field(None, gt=0.0, le=50.0)
+    sampler: Literal["unipc", "dpm++", "euler"] | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    size: str = Field("512p", description="'512p', '704p' or '<W>x<H>' with sides multiples of 32")
+    frame_range: tuple[int, int] | None = Field(
+        None, description="[start, end) of the driving clip's frames to use; end may exceed the clip (clamped)"
+    )
+    fps: float | None = Field(None, gt=0.0, le=240.0, description="required when 'driving' is a zip of frames")
+    loras: dict[str, float] | None = Field(None, description="LoRA name -> strength; replaces the preset's LoRAs")
+    reference_mask: MaskSource | None = Field(
+        None, description="'alpha', 'file' or 'auto'; default: 'file' when a reference_mask file is sent, else 'alpha'"
+    )
+    driving_mask: MaskSource | None = Field(
+        None, description="'alpha', 'file' or 'auto'; default: 'file' when a driving_mask file is sent, else 'alpha'"
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _check_size(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in NAMED_SIZES:
+            return value
+        match = SIZE_PATTERN.match(value)
+        if not match:
+            raise ValueError(f"size must be '512p', '704p' or '<W>x<H>' (e.g. '832x480'), got {value!r}")
+        width, height = int(match.group(1)), int(match.group(2))
+        for name, side in (("width", width), ("height", height)):
+            if side % SIZE_MULTIPLE or side < MIN_SIDE:
+                raise ValueError(
+                    f"{name} {side} must be a multiple of {SIZE_MULTIPLE} and at least {MIN_SIDE} "
+                    f"(nearest: {max(MIN_SIDE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE)})"
+                )
+        return value
+
+    @field_validator("frame_range")
+    @classmethod
+    def _check_frame_range(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None:
+            start, end = value
+            if start < 0 or end <= start:
+                raise ValueError(f"frame_range must be [start, end) with 0 <= start < end, got [{start}, {end}]")
+        return value
+
+    @field_validator("loras")
+    @classmethod
+    def _check_loras(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None:
+            for name, strength in value.items():
+                if not -4.0 <= strength <= 4.0:
+                    raise ValueError(f"LoRA {name!r} strength {strength} is outside [-4, 4]")
+        return value
+
+    @model_validator(mode="after")
+    def _check_prompt(self) -> JobSpec:
+        if "\x00" in self.prompt or "\x00" in self.negative_prompt:
+            raise ValueError("prompts must not contain NUL characters")
+        return self
+
+    def explicit_size(self) -> tuple[int, int] | None:
+        """(height, width) for a '<W>x<H>' size, None for the named sizes."""
+        match = SIZE_PATTERN.match(self.size)
+        return (int(match.group(2)), int(match.group(1))) if match else None
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable reason, e.g. 'invalid_field', 'unauthorized'")
+    field: str | None = Field(description="'spec.<key>', a file field name, a header name, or null")
+    message: str = Field(description="what is wrong and what to do about it")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class JobCreated(BaseModel):
+    id: str
+    status: JobStatusName
+    created: bool = Field(description="false when an Idempotency-Key matched an earlier submission")
+    links: dict[str, str]
+
+
+class ResultInfo(BaseModel):
+    frames: int
+    fps: float
+    width: int
+    height: int
+    manifest_url: str
+
+
+class JobError(BaseModel):
+    type: str = Field(description="'input', 'checkpoint', 'internal' or 'crashed'")
+    field: str | None = None
+    message: str
+
+
+class JobProgress(BaseModel):
+    fraction: float = Field(ge=0.0, le=1.0)
+    phase: str | None = Field(description="e.g. 'queued', 'decoding', 'encoding', 'denoising', 'writing'")
+    window: int | None = Field(description="1-based index of the window being processed")
+    num_windows: int | None
+    step: int | None = Field(description="1-based denoising step within the window")
+    num_steps: int | None
+    eta_seconds: float | None
+
+
+class JobStatus(BaseModel):
+    id: str
+    status: JobStatusName
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    queue_position: int | None = Field(description="0 = next to run; only while queued")
+    progress: float = Field(ge=0.0, le=1.0)
+    detail: JobProgress
+    cancel_requested: bool
+    attempts: int = Field(description="how many times the runner started this job (>1 after a restart)")
+    windows_done: int = Field(description="windows finished and stored; a restarted job resumes after them")
+    error: JobError | None
+    result: ResultInfo | None
+    spec: JobSpec
+    links: dict[str, str]
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
+
+
+class ResultFile(BaseModel):
+    name: str
+    kind: Literal["frame", "zip", "mp4"]
+    size: int
+    sha256: str
+    url: str
+
+
+class ResultManifest(BaseModel):
+    job_id: str
+    frames: int
+    fps: float
+    width: int
+    height: int
+    files: list[ResultFile]
+
+
+class GpuInfo(BaseModel):
+    name: str
+    memory_total_mb: int
+    memory_allocated_mb: int
+    memory_reserved_mb: int
+
+
+class ModelInfo(BaseModel):
+    loaded: bool
+    checkpoint: str
+    dtype: str
+    loras: list[str]
+
+
+class QueueInfo(BaseModel):
+    queued: int
+    running: int
+
+
+class HealthPublic(BaseModel):
+    status: Literal["ok"]
+    version: str
+    api: str
+    authenticated: bool
+
+
+class Health(HealthPublic):
+    device: str
+    gpu: GpuInfo | None
+    model: ModelInfo
+    queue: QueueInfo
+    limits: dict[str, float]
+    features: dict[str, bool]

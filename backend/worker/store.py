@@ -1,0 +1,468 @@
+"""The durable job store: one SQLite database in WAL mode plus a files folder, both under ``--data``.
+
+Layout::
+
+    DATA/worker.sqlite3             jobs and finished windows (WAL, synchronous=FULL: a commit survives power loss)
+    DATA/jobs/<id>/inputs/<field>   uploads, under fixed names taken from an allow-list (never from the client)
+    DATA/jobs/<id>/windows/NNNN.safetensors   each finished window's frames, written before it is recorded
+    DATA/jobs/<id>/result/          frames/NNNNNN.png, result.mp4, result.zip, manifest.json
+    DATA/staging/                   half-received submissions and half-written results (wiped at start-up)
+
+Rules that make crashes harmless: files are written under ``staging`` or with a temporary name and renamed into
+place *before* the row that points at them is committed; a row is committed *before* any response reports the
+state it describes. At start-up, jobs left ``running`` go back to the queue (keeping their finished windows), and
+job folders without a row are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("scail.worker.store")
+
+SCHEMA_VERSION = 1
+# A job that was running when the worker died this many times is failed instead of requeued (a crash loop, e.g.
+# the process being killed for memory, must not block the queue forever).
+MAX_ATTEMPTS = 3
+PROGRESS_COLUMNS = ("progress", "phase", "window", "num_windows", "step", "num_steps", "eta")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    namespace TEXT NOT NULL,
+    idempotency_key TEXT,
+    request_hash TEXT NOT NULL,
+    status TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    inputs TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    progress REAL NOT NULL DEFAULT 0,
+    phase TEXT,
+    window INTEGER,
+    num_windows INTEGER,
+    step INTEGER,
+    num_steps INTEGER,
+    eta REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    windows_done INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    result TEXT,
+    timings TEXT,
+    files_removed INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (namespace, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
+CREATE INDEX IF NOT EXISTS jobs_namespace ON jobs (namespace, seq);
+CREATE TABLE IF NOT EXISTS windows (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    frames INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (job_id, idx)
+);
+"""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One row of ``jobs``, JSON columns decoded."""
+
+    seq: int
+    id: str
+    namespace: str
+    idempotency_key: str | None
+    request_hash: str
+    status: str
+    spec: dict[str, Any]
+    inputs: dict[str, Any]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    progress: float
+    phase: str | None
+    window: int | None
+    num_windows: int | None
+    step: int | None
+    num_steps: int | None
+    eta: float | None
+    cancel_requested: bool
+    attempts: int
+    windows_done: int
+    error: dict[str, Any] | None
+    result: dict[str, Any] | None
+    timings: dict[str, Any] | None
+    files_removed: bool
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("succeeded", "failed", "canceled")
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> JobRecord:
+        values = dict(row)
+        for key in ("spec", "inputs"):
+            values[key] = json.loads(values[key])
+        for key in ("error", "result", "timings"):
+            values[key] = json.loads(values[key]) if values[key] else None
+        values["cancel_requested"] = bool(values["cancel_requested"])
+        values["files_removed"] = bool(values["files_removed"])
+        return cls(**values)
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before for a different request."""
+
+    def __init__(self, existing: JobRecord):
+        super().__init__(existing.id)
+        self.existing = existing
+
+
+class JobStore:
+    """Thread-safe access to the database (one connection per thread) and the job folders."""
+
+    def __init__(self, data_dir: str | os.PathLike[str]):
+        self.data_dir = Path(data_dir).resolve()
+        self.jobs_dir = self.data_dir / "jobs"
+        self.staging_root = self.data_dir / "staging"
+        self.db_path = self.data_dir / "worker.sqlite3"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.staging_root.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        with self._transaction() as db:
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    # -- connections -------------------------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=True)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=30000")
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT: the write lock is taken up front, so no transaction fails half-way."""
+        db = self._connection()
+        with self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    # -- folders -----------------------------------------------------------------------------------------------
+
+    def job_dir(self, job_id: str) -> Path:
+        # job ids are generated by the server (security.new_job_id); this never sees client text.
+        return self.jobs_dir / job_id
+
+    def new_staging_dir(self) -> Path:
+        path = self.staging_root / uuid.uuid4().hex
+        path.mkdir()
+        return path
+
+    # -- submission --------------------------------------------------------------------------------------------
+
+    def find_by_idempotency_key(self, namespace: str, key: str) -> JobRecord | None:
+        row = self._connection().execute(
+            "SELECT * FROM jobs WHERE namespace = ? AND idempotency_key = ?", (namespace, key)
+        ).fetchone()
+        return JobRecord.from_row(row) if row else None
+
+    def create_job(
+        self,
+        *,
+        job_id: str,
+        namespace: str,
+        idempotency_key: str | None,
+        request_hash: str,
+        spec: dict[str, Any],
+        inputs: dict[str, Any],
+        staged_inputs: Path,
+    ) -> tuple[JobRecord, bool]:
+        """Move the staged uploads into the job folder and commit the queued row.
+
+        Returns ``(job, created)``; ``created`` is False when another request with the same idempotency key won
+        (then this request's files are discarded). Raises ``IdempotencyConflict`` when the key was used for a
+        different request.
+        """
+        if idempotency_key:
+            existing = self.find_by_idempotency_key(namespace, idempotency_key)
+            if existing is not None:
+                shutil.rmtree(staged_inputs, ignore_errors=True)
+                return self._same_request(existing, request_hash), False
+        job_dir = self.job_dir(job_id)
+        job_dir.mkdir()
+        os.replace(staged_inputs, job_dir / "inputs")
+        try:
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT INTO jobs (id, namespace, idempotency_key, request_hash, status, spec, inputs, created_at,"
+                    " phase) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, 'queued')",
+                    (job_id, namespace, idempotency_key, request_hash, json.dumps(spec), json.dumps(inputs),
+                     time.time()),
+                )
+        except sqlite3.IntegrityError:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            existing = self.find_by_idempotency_key(namespace, idempotency_key or "")
+            if existing is None:
+                raise
+            return self._same_request(existing, request_hash), False
+        record = self.get(job_id)
+        assert record is not None
+        return record, True
+
+    @staticmethod
+    def _same_request(existing: JobRecord, request_hash: str) -> JobRecord:
+        if existing.request_hash != request_hash:
+            raise IdempotencyConflict(existing)
+        return existing
+
+    # -- queries -----------------------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord | None:
+        row = self._connection().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return JobRecord.from_row(row) if row else None
+
+    def list_jobs(self, namespace: str, limit: int, before_seq: int | None) -> tuple[list[JobRecord], int | None]:
+        """Newest first; returns the page and the seq to continue before (None on the last page)."""
+        rows = self._connection().execute(
+            "SELECT * FROM jobs WHERE namespace = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            (namespace, before_seq if before_seq is not None else 2**62, limit + 1),
+        ).fetchall()
+        records = [JobRecord.from_row(row) for row in rows[:limit]]
+        return records, (records[-1].seq if len(rows) > limit else None)
+
+    def queue_position(self, job: JobRecord) -> int | None:
+        if job.status != "queued":
+            return None
+        (ahead,) = self._connection().execute(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq < ?", (job.seq,)
+        ).fetchone()
+        return int(ahead)
+
+    def counts(self) -> dict[str, int]:
+        rows = self._connection().execute(
+            "SELECT status, COUNT(*) FROM jobs WHERE status IN ('queued', 'running') GROUP BY status"
+        ).fetchall()
+        counts = {"queued": 0, "running": 0}
+        counts.update({status: int(n) for status, n in rows})
+        return counts
+
+    # -- the runner's side -------------------------------------------------------------------------------------
+
+    def claim_next(self) -> JobRecord | None:
+        """Atomically move the oldest queued job to running (attempts + 1) and return it."""
+        with self._transaction() as db:
+            row = db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), attempts = attempts + 1,"
+                " phase = 'starting', step = NULL, num_steps = NULL, eta = NULL WHERE id = ?",
+                (time.time(), row["id"]),
+            )
+        return self.get(row["id"])
+
+    def update_progress(self, job_id: str, **fields: Any) -> None:
+        unknown = set(fields) - set(PROGRESS_COLUMNS)
+        if unknown:
+            raise ValueError(f"not progress columns: {sorted(unknown)}")
+        assignments = ", ".join(f"{column} = ?" for column in fields)
+        with self._transaction() as db:
+            db.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND status = 'running'",
+                       (*fields.values(), job_id))
+
+    def window_path(self, job_id: str, index: int) -> Path:
+        return self.job_dir(job_id) / "windows" / f"{int(index):04d}.safetensors"
+
+    def record_window(self, job_id: str, index: int, frames: int) -> None:
+        """Commit that window ``index`` (already renamed into place) is finished. Idempotent per index."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO windows (job_id, idx, frames, created_at) VALUES (?, ?, ?, ?)",
+                (job_id, int(index), int(frames), time.time()),
+            )
+            db.execute(
+                "UPDATE jobs SET windows_done = (SELECT COUNT(*) FROM windows WHERE job_id = ?) WHERE id = ?",
+                (job_id, job_id),
+            )
+
+    def finished_windows(self, job_id: str) -> list[tuple[int, Path]]:
+        """The recorded windows of a job, in order, each with its file (the file exists: it was renamed first)."""
+        rows = self._connection().execute(
+            "SELECT idx FROM windows WHERE job_id = ? ORDER BY idx", (job_id,)
+        ).fetchall()
+        return [(int(row["idx"]), self.window_path(job_id, row["idx"])) for row in rows]
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        row = self._connection().execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return bool(row and row["cancel_requested"])
+
+    def finish(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        error: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None,
+        timings: dict[str, Any] | None = None,
+    ) -> None:
+        if status not in ("succeeded", "failed", "canceled"):
+            raise ValueError(f"not a final status: {status}")
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, error = ?, result = ?, timings = ?, phase = ?,"
+                " progress = CASE WHEN ? = 'succeeded' THEN 1.0 ELSE progress END, eta = NULL WHERE id = ?",
+                (status, time.time(), json.dumps(error) if error else None, json.dumps(result) if result else None,
+                 json.dumps(timings) if timings else None, status, status, job_id),
+            )
+        if status != "succeeded":
+            # Windows only matter for resuming; a job that will never resume does not need them.
+            shutil.rmtree(self.job_dir(job_id) / "windows", ignore_errors=True)
+
+    def requeue(self, job_id: str) -> None:
+        """Put a running job back in the queue (the worker is shutting down); its windows are kept."""
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET status = 'queued', phase = 'queued', step = NULL, eta = NULL "
+                       "WHERE id = ? AND status = 'running'", (job_id,))
+
+    # -- client actions ----------------------------------------------------------------------------------------
+
+    def request_cancel(self, job_id: str) -> JobRecord | None:
+        """A queued job is canceled at once; a running one is flagged (the runner stops between steps)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET status = 'canceled', finished_at = ?, phase = 'canceled', cancel_requested = 1 "
+                "WHERE id = ? AND status = 'queued'",
+                (time.time(), job_id),
+            )
+            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,))
+        return self.get(job_id)
+
+    def delete(self, job_id: str) -> None:
+        """Remove a job that is not running: its row first (so no response can point at it), then its files."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM jobs WHERE id = ? AND status != 'running'", (job_id,))
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    # -- start-up and housekeeping -----------------------------------------------------------------------------
+
+    def recover(self) -> dict[str, int]:
+        """Run once at start-up, before the runner: requeue interrupted jobs and clear half-written files."""
+        shutil.rmtree(self.staging_root, ignore_errors=True)
+        self.staging_root.mkdir(parents=True, exist_ok=True)
+        with self._transaction() as db:
+            crashed = db.execute(
+                "UPDATE jobs SET status = 'failed', finished_at = ?, phase = 'failed', error = ? "
+                "WHERE status = 'running' AND attempts >= ?",
+                (time.time(), json.dumps({"type": "crashed", "field": None, "message":
+                 f"the worker stopped {MAX_ATTEMPTS} times while running this job (out of memory?)"}),
+                 MAX_ATTEMPTS),
+            ).rowcount
+            requeued = db.execute(
+                "UPDATE jobs SET status = 'queued', phase = 'queued', step = NULL, eta = NULL "
+                "WHERE status = 'running'"
+            ).rowcount
+            known = {row["id"] for row in db.execute("SELECT id FROM jobs")}
+            queued = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
+        orphans = 0
+        for path in self.jobs_dir.iterdir():
+            if path.name not in known:
+                shutil.rmtree(path, ignore_errors=True)
+                orphans += 1
+        for job_id in known:
+            # A crash between writing a window file and committing its row leaves a stray temp file.
+            for stray in (self.job_dir(job_id) / "windows").glob("*.tmp"):
+                stray.unlink(missing_ok=True)
+            if (self.job_dir(job_id) / "result.staging").exists():
+                shutil.rmtree(self.job_dir(job_id) / "result.staging", ignore_errors=True)
+        summary = {"requeued": requeued, "failed_after_crashes": crashed, "queued": int(queued),
+                   "orphan_folders_removed": orphans}
+        log.info("job store recovered", extra=summary)
+        return summary
+
+    def apply_retention(self, max_age_seconds: float | None, max_bytes: int | None) -> list[str]:
+        """Remove the files of finished jobs older than ``max_age_seconds``, then of the oldest finished jobs
+        until all job folders together fit in ``max_bytes``. Rows stay (status still answers; results say 410)."""
+        removed: list[str] = []
+        rows = self._connection().execute(
+            "SELECT id, finished_at FROM jobs WHERE status IN ('succeeded', 'failed', 'canceled') "
+            "AND files_removed = 0 ORDER BY finished_at"
+        ).fetchall()
+        now = time.time()
+        candidates = [(row["id"], row["finished_at"] or 0.0) for row in rows]
+        if max_age_seconds is not None:
+            for job_id, finished_at in candidates:
+                if now - finished_at > max_age_seconds:
+                    removed.append(job_id)
+        if max_bytes is not None:
+            total = sum(_folder_size(path) for path in self.jobs_dir.iterdir())
+            total -= sum(_folder_size(self.job_dir(job_id)) for job_id in removed)
+            for job_id, _ in candidates:
+                if total <= max_bytes:
+                    break
+                if job_id not in removed:
+                    total -= _folder_size(self.job_dir(job_id))
+                    removed.append(job_id)
+        for job_id in removed:
+            with self._transaction() as db:
+                db.execute("UPDATE jobs SET files_removed = 1 WHERE id = ?", (job_id,))
+            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        if removed:
+            log.info("retention removed job files", extra={"jobs": len(removed)})
+        return removed
+
+
+def _folder_size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to ``path`` through a temporary file, fsync'd, then renamed."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
