@@ -42,9 +42,8 @@ from .presets import SamplingSettings, check_loras_available
 from .schedulers import build_sampler
 from .segments import Window, official_windows, padded_windows
 from .text_encoder import T5EncoderConfig, UMT5TextEncoder
-from .transformer_scail2 import SCAIL2Transformer, infer_config_from_shapes, to_internal_keys
+from .transformer_scail2 import SCAIL2Transformer, config_from_official
 from .vae import WanVideoVAE
-from .weights import open_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -703,20 +702,18 @@ def _check_resume(
 def load_transformer(
     layout: CheckpointLayout, *, device: torch.device | str, dtype: torch.dtype
 ) -> SCAIL2Transformer:
-    """The DiT of ``layout``: the config comes from the tensor shapes (head count from a tiny config if any)."""
-    state = open_state_dict(layout.dit)
-    args = layout.configs.get("dit")
+    """The DiT of ``layout``: the 14B config, or the tiny config the folder carries (official argument names)."""
+    args = dict(layout.configs.get("dit") or {})
     config = None
     if args:
+        clip_dim = int(args.pop("clip_dim", 1280))
         try:
-            head_dim = int(args["dim"]) // int(args["num_heads"])
-        except (KeyError, ValueError, ZeroDivisionError) as exc:
+            config = config_from_official(args, clip_dim=clip_dim)
+        except ValueError as exc:
             raise CheckpointError(
-                f"{layout.root}: the tiny config's 'dit' section needs dim and num_heads"
+                f"{layout.root}: unusable 'dit' section in the tiny config ({exc})"
             ) from exc
-        config = infer_config_from_shapes(to_internal_keys(state), head_dim=head_dim)
-        config["eps"] = float(args.get("eps", 1e-6))
-    return SCAIL2Transformer.from_state_dict(state, config, torch_dtype=dtype, device=device)
+    return SCAIL2Transformer.from_single_file(layout.dit, config, torch_dtype=dtype, device=device)
 
 
 def load_text_encoder(

@@ -1,0 +1,224 @@
+"""``scail2-generate``: one SCAIL-2 generation from the command line.
+
+    scail2-generate --checkpoint ~/models/SCAIL-2 --reference ref.png --driving dance.mp4 \\
+        --prompt "a knight dancing in a courtyard" --mode animation --preset fast --size 512p --out out/
+
+Masks: ``--reference-mask`` / ``--driving-mask`` take palette masks; without them the reference / driving clip
+must have an alpha channel (RGBA PNG, PNG sequence or a video with alpha). Driving sources: a video file, a zip or
+folder of PNG frames (give ``--fps``), or one image. Errors a user can fix print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .conditioning import ExtraReference, GenerationRequest
+from .errors import GenerationCancelled, Scail2Error
+from .media import read_clip, read_image
+from .presets import PRESET_NAMES, SamplingSettings
+from .schedulers import SAMPLERS
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scail2-generate",
+        description="Animate a reference image with the motion of a driving video (SCAIL-2).",
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, help="SCAIL-2 checkpoint folder (any supported layout)"
+    )
+    parser.add_argument(
+        "--reference", required=True, type=Path, help="reference image (PNG/JPEG; RGBA alpha = mask)"
+    )
+    parser.add_argument(
+        "--driving", required=True, type=Path, help="driving video, zip/folder of PNG frames, or image"
+    )
+    parser.add_argument("--reference-mask", type=Path, help="palette mask of the reference")
+    parser.add_argument(
+        "--driving-mask", type=Path, help="palette mask video / frames, one per driving frame"
+    )
+    parser.add_argument(
+        "--fps", type=float, help="frame rate of PNG-sequence driving inputs (video files: ignored)"
+    )
+    parser.add_argument(
+        "--extra-reference",
+        action="append",
+        default=[],
+        metavar="IMG[,MASK]",
+        help="additional reference view with its palette mask (repeatable, beta)",
+    )
+    parser.add_argument("--prompt", default="", help="describes the final video")
+    parser.add_argument("--negative-prompt", default="", help="used only when guidance > 1")
+    parser.add_argument("--mode", choices=("animation", "replacement"), default="animation")
+    parser.add_argument("--preset", choices=PRESET_NAMES, default="quality")
+    parser.add_argument("--steps", type=int, help="override the preset's step count")
+    parser.add_argument("--guidance", type=float, help="override the preset's CFG scale (<= 1 disables CFG)")
+    parser.add_argument("--shift", type=float, help="override the preset's sigma shift")
+    parser.add_argument("--sampler", choices=SAMPLERS, help="override the preset's sampler")
+    parser.add_argument("--seed", type=int, help="random seed (default: random, printed at the end)")
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME=STRENGTH",
+        help="LoRA strength override, e.g. dpo=1.0 or relight=0.7 (repeatable; 0 disables a preset's LoRA)",
+    )
+    parser.add_argument("--size", default="512p", help="512p, 704p or WIDTHxHEIGHT (multiples of 32)")
+    parser.add_argument("--segment-len", type=int, default=81, help="window length in frames (4k+1)")
+    parser.add_argument("--segment-overlap", type=int, default=5, help="history frames per window (4k+1)")
+    parser.add_argument(
+        "--tail",
+        choices=("pad", "drop"),
+        default="pad",
+        help="keep (pad) or drop (official) the frames after the last full window",
+    )
+    parser.add_argument(
+        "--color-anchor", action="store_true", help="match later windows' colours to the first"
+    )
+    parser.add_argument(
+        "--noise-mode", choices=("cpu", "official"), default="cpu", help="where the noise is drawn"
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default=None,
+        help="weight dtype (default: bf16 on GPU, fp32 on CPU)",
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output folder (PNG frames, result.mp4, result.json)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _parse_loras(values: list[str]) -> dict[str, float] | None:
+    if not values:
+        return None
+    loras = {}
+    for value in values:
+        name, sep, strength = value.partition("=")
+        try:
+            loras[name.strip()] = float(strength)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise Scail2Error(f"--lora {value!r}: expected NAME=STRENGTH, e.g. dpo=1.0")
+    return loras
+
+
+def build_request(args: argparse.Namespace) -> GenerationRequest:
+    """The generation request the command line describes (reads every input file)."""
+    sampling = SamplingSettings.from_preset(
+        args.preset,
+        steps=args.steps,
+        guidance=args.guidance,
+        shift=args.shift,
+        sampler=args.sampler,
+        seed=args.seed,
+        noise_mode=args.noise_mode,
+    )
+    loras = _parse_loras(args.lora)
+    if loras is not None:
+        loras = {**sampling.loras, **loras}
+    extras = []
+    for index, spec in enumerate(args.extra_reference):
+        image_path, _, mask_path = spec.partition(",")
+        field = f"extra_references[{index}]"
+        image = read_image(image_path, field=f"{field}.image")
+        mask = read_image(mask_path, field=f"{field}.mask") if mask_path else None
+        extras.append(ExtraReference(image, mask))
+    return GenerationRequest(
+        reference=read_image(args.reference, field="reference"),
+        reference_mask=read_image(args.reference_mask, field="reference_mask")
+        if args.reference_mask
+        else None,
+        driving=read_clip(args.driving, field="driving", fps=args.fps),
+        driving_mask=read_clip(args.driving_mask, field="driving_mask", fps=args.fps)
+        if args.driving_mask
+        else None,
+        extra_references=extras,
+        mode=args.mode,
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        size=args.size,
+        sampling=sampling,
+        loras=loras,
+        segment_len=args.segment_len,
+        segment_overlap=args.segment_overlap,
+        tail=args.tail,
+        color_anchor=args.color_anchor,
+    )
+
+
+class _ProgressBar:
+    """A tqdm bar over all denoising steps of all windows."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        total = event.num_windows * event.num_steps
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True)
+        if event.phase in ("step", "window", "decode"):
+            self.bar.set_description(f"window {event.window}/{event.num_windows}")
+        if event.phase == "step":
+            self.bar.n = (event.window - 1) * event.num_steps + event.step
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    bar = _ProgressBar(not args.no_progress)
+    try:
+        import torch
+
+        from .output import write_frames_atomic
+        from .pipeline import Scail2Pipeline
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype_name = args.dtype or ("bf16" if device.startswith("cuda") else "fp32")
+        out = args.out.expanduser()
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+            raise Scail2Error(f"{out} is not empty; choose another --out or pass --overwrite")
+        request = build_request(args)
+        pipe = Scail2Pipeline.from_pretrained(
+            args.checkpoint, device=device, dtype=getattr(torch, DTYPES[dtype_name])
+        )
+        result = pipe.generate(request, progress=bar)
+        bar.close()
+        write_frames_atomic(result, out, overwrite=args.overwrite)
+    except (KeyboardInterrupt, GenerationCancelled):
+        bar.close()
+        print("scail2-generate: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Scail2Error as exc:
+        bar.close()
+        print(f"scail2-generate: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(
+        f"wrote {result.num_frames} frames at {result.fps:g} fps ({result.frames.shape[2]}x{result.frames.shape[1]}, "
+        f"seed {result.seed}) to {out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
