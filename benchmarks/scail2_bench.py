@@ -1,0 +1,467 @@
+"""Time the SCAIL-2 engine on one GPU: DiT forwards and whole windows, full-size models with random weights.
+
+Compute does not depend on the weight values, so every model (the 14B DiT, umT5-XXL, CLIP ViT-H/14, the Wan
+VAE) is built on the meta device and filled with random numbers directly on the GPU: no checkpoint, no host
+copy. Each case is warmed up (compile/autotune time recorded as `warmup_s`), then timed with CUDA events;
+`seconds` is the median. Records go to `--out` (a JSON list, rewritten atomically after each case) and a table
+is printed at the end.
+
+    # forwards in bf16, then the same forwards after converting the linears to fp8 (error vs bf16 reported)
+    python benchmarks/scail2_bench.py --forward 512x896,704x1280 --fp8 --out benchmarks/results/forward.json
+    # fast-preset windows end to end (T5, CLIP, VAE encode, 6 forwards, VAE decode) through Scail2Pipeline
+    python benchmarks/scail2_bench.py --window 512x896 --fp8 --out benchmarks/results/window.json
+    # low-VRAM mode: blocks streamed from pinned host memory under a 24 GB allocator cap
+    python benchmarks/scail2_bench.py --window 512x896 --low-vram --memory-cap-gib 23.5 --out ...
+    # the same code at tiny size on the CPU (what the tests and development use)
+    python benchmarks/scail2_bench.py --tiny --device cpu --forward 64x96 --window 64x96 --fp8 --out /tmp/b.json
+
+Run from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from backend.scail2.accel import (  # noqa: E402
+    PerformanceSettings,
+    apply_performance_settings,
+    compile_blocks,
+    convert_blocks_to_fp8,
+    enable_block_streaming,
+    select_attention_backend,
+    set_attention_backend,
+    transformer_blocks,
+)
+from backend.scail2.conditioning import GenerationRequest  # noqa: E402
+from backend.scail2.image_encoder import ClipImageEncoder, ClipVisionConfig  # noqa: E402
+from backend.scail2.media import VideoClip  # noqa: E402
+from backend.scail2.pipeline import Scail2Pipeline  # noqa: E402
+from backend.scail2.presets import SamplingSettings  # noqa: E402
+from backend.scail2.text_encoder import T5EncoderConfig, UMT5TextEncoder, load_tokenizer  # noqa: E402
+from backend.scail2.tiny import TINY_CONFIGS, write_tiny_tokenizer  # noqa: E402
+from backend.scail2.transformer_scail2 import SCAIL2Transformer, config_from_official  # noqa: E402
+from backend.scail2.vae import WanVAEConfig, WanVideoVAE  # noqa: E402
+from backend.scail2.weights import meta_init  # noqa: E402
+
+FRAMES = 81
+PROMPT = "a dancer in a red dress spins on a bright stage, soft light, the camera follows her"
+
+
+# ----------------------------------------------------------------------------------------------- environment
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    driver = "n/a"
+    gpu = "cpu"
+    if device.type == "cuda":
+        gpu = torch.cuda.get_device_name(device)
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            driver = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=20, check=True,
+            ).stdout.strip().splitlines()[0]
+    commit = os.environ.get("BENCH_COMMIT")
+    if not commit:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                    text=True, timeout=20, check=True).stdout.strip()
+    return {
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "driver": driver,
+        "commit": commit or "unknown",
+    }
+
+
+# ----------------------------------------------------------------------------------------------- random models
+
+
+def materialize_random(module: nn.Module, device: torch.device, dtype_of: Callable[[str], torch.dtype],
+                       seed: int) -> nn.Module:
+    """Give a module built under `meta_init` random values on `device` (buffers keep their real values).
+
+    Matrices get N(0, 1/fan_in) (activations keep unit scale through the depth, as trained weights do),
+    biases N(0, 0.02), vectors such as norm scales N(1, 0.05). Nothing is zero, so no kernel sees zeros.
+    """
+    buffers = {name: buffer.detach().clone() for name, buffer in module.named_buffers()}
+    for name, param in module.named_parameters():
+        param.data = param.data.to(dtype_of(name))
+    module.to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.ndim >= 2:
+                param.normal_(0.0, param[0].numel() ** -0.5, generator=generator)
+            elif name.endswith("bias"):
+                param.normal_(0.0, 0.02, generator=generator)
+            else:
+                param.normal_(1.0, 0.05, generator=generator)
+        for name, buffer in buffers.items():
+            owner_name, _, leaf = name.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            owner._buffers[leaf] = buffer.to(device)
+    return module.eval().requires_grad_(False)
+
+
+def build_transformer(tiny: bool, device: torch.device, dtype: torch.dtype, seed: int = 0) -> SCAIL2Transformer:
+    config = {}
+    if tiny:
+        official = {k: v for k, v in TINY_CONFIGS["dit"].items() if k != "clip_dim"}
+        config = config_from_official(official, clip_dim=TINY_CONFIGS["dit"]["clip_dim"])
+    with meta_init():
+        model = SCAIL2Transformer(**config)
+    return materialize_random(
+        model, device, lambda name: torch.float32 if SCAIL2Transformer.keeps_fp32(name) else dtype, seed)
+
+
+def build_encoders(tiny: bool, device: torch.device, dtype: torch.dtype, tokenizer_dir: Path, seed: int = 1):
+    t5_config = T5EncoderConfig(**TINY_CONFIGS["t5"]) if tiny else T5EncoderConfig()
+    clip_args = {k: v for k, v in TINY_CONFIGS["clip"].items() if k != "embed_dim"} if tiny else {}
+    clip_config = ClipVisionConfig(**clip_args)
+    vae_args = dict(TINY_CONFIGS["vae"]) if tiny else {}
+    vae_config = WanVAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vae_args.items()})
+    from diffusers import AutoencoderKLWan
+    from transformers import CLIPVisionModel, UMT5EncoderModel
+
+    with meta_init():
+        t5 = UMT5EncoderModel(t5_config.to_transformers())
+        clip = CLIPVisionModel(clip_config.to_transformers())
+        vae = AutoencoderKLWan(**vae_config.to_diffusers_kwargs())
+    t5.tie_weights()
+    write_tiny_tokenizer(tokenizer_dir)  # any tokenizer: T5 always runs on 512 padded tokens
+    text_encoder = UMT5TextEncoder(materialize_random(t5, device, lambda _: dtype, seed),
+                                   load_tokenizer(tokenizer_dir), text_len=t5_config.text_len)
+    image_encoder = ClipImageEncoder(materialize_random(clip, device, lambda _: dtype, seed + 1))
+    video_vae = WanVideoVAE(materialize_random(vae, device, lambda _: dtype, seed + 2))
+    return text_encoder, image_encoder, video_vae
+
+
+# ----------------------------------------------------------------------------------------------- timing
+
+
+class Timer:
+    """Wall time of a GPU region with CUDA events (host clock on the CPU)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn: Callable[[], Any]) -> tuple[float, Any]:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            result = fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1000.0, result
+        begin = time.perf_counter()
+        result = fn()
+        return time.perf_counter() - begin, result
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak(device: torch.device) -> dict[str, float]:
+    if device.type != "cuda":
+        return {"peak_gb": None, "peak_gib": None, "peak_reserved_gib": None}
+    allocated = torch.cuda.max_memory_allocated(device)
+    return {
+        "peak_gb": round(allocated / 1e9, 2),
+        "peak_gib": round(allocated / 2**30, 2),
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved(device) / 2**30, 2),
+    }
+
+
+def rel_err(value: torch.Tensor, reference: torch.Tensor) -> float:
+    value, reference = value.double().cpu(), reference.double().cpu()
+    return float((value - reference).norm() / reference.norm().clamp(min=1e-30))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    height, _, width = text.lower().partition("x")
+    if not (height.isdigit() and width.isdigit()) or int(height) % 32 or int(width) % 32:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be HEIGHTxWIDTH with both multiples of 32")
+    return int(height), int(width)
+
+
+# ----------------------------------------------------------------------------------------------- cases
+
+
+def forward_inputs(model: SCAIL2Transformer, height: int, width: int, device: torch.device, seed: int):
+    config = model.config
+    frames = 1 + (FRAMES - 1) // 4
+    h, w = height // 8, width // 8
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator).to(device)
+
+    return dict(
+        latents=rand(1, 16, frames, h, w),
+        timestep=torch.tensor([900.0], device=device),
+        context=rand(1, 64, config.text_dim),  # a 64-token prompt; the model pads to 512
+        clip_features=rand(1, 257, config.clip_dim),
+        ref_latents=rand(1, 16, 1, h, w),
+        ref_masks=rand(1, config.mask_dim, 1, h, w).sigmoid(),
+        pose_latents=rand(1, 16, frames, h // 2, w // 2),
+        driving_masks=rand(1, config.mask_dim, frames, h // 2, w // 2).sigmoid(),
+        return_dict=False,
+    )
+
+
+def time_forward(model, inputs, device, repeats: int) -> dict[str, Any]:
+    timer = Timer(device)
+    reset_peak(device)
+    with torch.no_grad():
+        warmup_s, output = timer(lambda: model(**inputs)[0])
+        times = [timer(lambda: model(**inputs)[0])[0] for _ in range(repeats)]
+    median = statistics.median(times)
+    return {"seconds": round(median, 3), "times": [round(t, 3) for t in times],
+            "warmup_s": round(warmup_s, 2), "compile_s": round(max(warmup_s - median, 0.0), 2),
+            **peak(device), "_output": output.float().cpu()}
+
+
+def window_request(height: int, width: int, seed: int) -> GenerationRequest:
+    rng = np.random.default_rng(seed)
+    # RGBA media: the alpha channels give the reference and driving masks (an opaque centred figure).
+    reference = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
+    driving = rng.integers(0, 256, (FRAMES, height, width, 4), dtype=np.uint8)
+    for image in (reference[None], driving):
+        image[..., 3] = 0
+        image[:, height // 8 : height - height // 8, width // 4 : width - width // 4, 3] = 255
+    return GenerationRequest(
+        reference=reference,
+        driving=VideoClip(frames=driving, fps=16.0),
+        prompt=PROMPT,
+        size=(height, width),
+        sampling=SamplingSettings.from_preset("fast", seed=seed),
+        loras={},  # LoRAs are fused into the weights before a job: no effect on compute
+    )
+
+
+def time_window(pipe: Scail2Pipeline, request: GenerationRequest, device: torch.device,
+                repeats: int) -> dict[str, Any]:
+    runs = []
+    for _ in range(1 + repeats):
+        events: list[tuple[str, float]] = []
+        reset_peak(device)
+        begin = time.perf_counter()
+        result = pipe.generate(request, progress=lambda ev, events=events, begin=begin: events.append(
+            (ev.phase, time.perf_counter() - begin)))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        runs.append((time.perf_counter() - begin, result, events, peak(device)))
+    timed = runs[1:] if repeats else runs
+    median = statistics.median(r[0] for r in timed)
+    last_events = timed[-1][2]
+    first_step = next((t for phase, t in last_events if phase == "step"), None)
+    return {
+        "seconds": round(median, 3),
+        "times": [round(r[0], 3) for r in timed],
+        "warmup_s": round(runs[0][0], 2),
+        "compile_s": round(max(runs[0][0] - median, 0.0), 2),
+        # Host-side phase marks of the last run (approximate: GPU work is asynchronous between syncs).
+        "phase_marks_s": [(phase, round(t, 2)) for phase, t in last_events if phase != "step"],
+        "first_step_mark_s": None if first_step is None else round(first_step, 2),
+        **max((r[3] for r in timed), key=lambda p: p["peak_gb"] or 0),
+        "_output": torch.from_numpy(timed[-1][1].frames.astype(np.float32) / 127.5 - 1.0),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+class Recorder:
+    def __init__(self, path: Path, env: dict[str, Any]) -> None:
+        self.path = path
+        self.env = env
+        self.records: list[dict[str, Any]] = []
+        if path.exists():
+            self.records = json.loads(path.read_text())
+
+    def add(self, record: dict[str, Any]) -> None:
+        record = {**record, **self.env}
+        self.records.append({k: v for k, v in record.items() if not k.startswith("_")})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False, suffix=".tmp") as handle:
+            json.dump(self.records, handle, indent=1)
+        os.replace(handle.name, self.path)
+        shown = {k: record.get(k) for k in ("kind", "height", "width", "dtype", "mode", "seconds", "peak_gb",
+                                             "warmup_s", "rel_err_vs_bf16", "error")}
+        print("RECORD", json.dumps(shown), flush=True)
+
+
+def print_table(records: list[dict[str, Any]]) -> None:
+    columns = ("kind", "mode", "height", "width", "dtype", "seconds", "warmup_s", "peak_gb", "rel_err_vs_bf16",
+               "attention_backend_resolved")
+    print("\n" + " | ".join(columns))
+    for record in records:
+        print(" | ".join(str(record.get(c, "")) for c in columns))
+
+
+def run_case(recorder: Recorder, case: dict[str, Any], fn: Callable[[], dict[str, Any]],
+             references: dict[tuple, torch.Tensor]) -> None:
+    """Run one case, record it (or its error), and keep its output to compare fp8 against bf16."""
+    try:
+        result = fn()
+    except Exception as error:  # record and go on: one failing case must not lose the others
+        traceback.print_exc()
+        recorder.add({**case, "error": f"{type(error).__name__}: {error}"[:2000]})
+        return
+    output = result.pop("_output")
+    key = (case["kind"], case["height"], case["width"])
+    if case["dtype"] == "bf16" and case.get("mode", "resident") == "resident":
+        references[key] = output
+        result["rel_err_vs_bf16"] = 0.0
+    elif key in references:
+        result["rel_err_vs_bf16"] = round(rel_err(output, references[key]), 5)
+    else:
+        result["rel_err_vs_bf16"] = None
+    recorder.add({**case, **result})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sizes = lambda text: [parse_size(x) for x in text.split(",") if x]  # noqa: E731
+    parser.add_argument("--forward", type=sizes, default=[], help="sizes HxW,... to time DiT forwards at")
+    parser.add_argument("--window", type=sizes, default=[], help="sizes HxW,... to time fast-preset windows at")
+    parser.add_argument("--fp8", action="store_true", help="after the bf16 cases, convert to fp8 and repeat them")
+    parser.add_argument("--low-vram", action="store_true",
+                        help="after the resident bf16 cases, stream the blocks from pinned host memory under "
+                             "--memory-cap-gib and repeat them")
+    parser.add_argument("--memory-cap-gib", type=float, default=23.5, help="allocator cap of the low-VRAM pass")
+    parser.add_argument("--low-vram-vae-tiling", default="settings", choices=("settings", "on", "off", "both"))
+    parser.add_argument("--attention-backend", default="auto")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--repeats", type=int, default=2, help="timed forwards after the warm-up")
+    parser.add_argument("--window-repeats", type=int, default=1, help="timed windows after the warm-up")
+    parser.add_argument("--tiny", action="store_true", help="tiny configs (CPU development)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--label", default="", help="free text stored with each record")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.fp8 and args.low_vram:
+        parser.error("run --fp8 and --low-vram in separate invocations (both rewrite the blocks)")
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    env = environment(device)
+    recorder = Recorder(args.out, env)
+    print("ENV", json.dumps(env), flush=True)
+
+    total_gib = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
+    overrides: dict[str, Any] = {"attention_backend": args.attention_backend}
+    if args.no_compile:
+        overrides["compile_blocks"] = False
+    settings = PerformanceSettings.for_memory(total_gib, **overrides)
+
+    dtype = torch.bfloat16
+    begin = time.perf_counter()
+    transformer = build_transformer(args.tiny, device, dtype)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    build_s = time.perf_counter() - begin
+    state = apply_performance_settings(transformer, settings, device)
+    base = {"attention_backend_resolved": state.attention_backend, "frames": FRAMES, "label": args.label,
+            "tiny": args.tiny, "build_s": round(build_s, 1), "memory_cap_gib": None}
+    print("SETTINGS", json.dumps(state.to_dict()), flush=True)
+
+    references: dict[tuple, torch.Tensor] = {}
+    pipe: Scail2Pipeline | None = None
+
+    def forward_cases(precision: str, mode: str) -> None:
+        for height, width in args.forward:
+            inputs = forward_inputs(transformer, height, width, device, seed=height + width)
+            case = {**base, "kind": "forward", "height": height, "width": width, "dtype": precision,
+                    "mode": mode, "settings": state.to_dict()}
+            run_case(recorder, case, lambda inputs=inputs: time_forward(transformer, inputs, device, args.repeats), references)
+            del inputs
+
+    def window_cases(precision: str, mode: str) -> None:
+        nonlocal pipe
+        if not args.window:
+            return
+        if pipe is None:
+            with tempfile.TemporaryDirectory() as tokenizer_dir:
+                # Encoders are built on the GPU (random values straight into device memory); the pipeline
+                # parks them on the host between encodings when settings.offload_encoders is on.
+                text_encoder, image_encoder, vae = build_encoders(
+                    args.tiny, device, dtype, Path(tokenizer_dir) / "tokenizer")
+            pipe = Scail2Pipeline(transformer, text_encoder, image_encoder, vae, device=device,
+                                  offload_encoders=state.settings.offload_encoders)
+        if state.settings.vae_tiling:
+            pipe.vae.model.enable_tiling()
+        else:
+            pipe.vae.model.disable_tiling()
+        for height, width in args.window:
+            request = window_request(height, width, seed=7)
+            case = {**base, "kind": "window", "preset": "fast", "steps": 6, "height": height, "width": width,
+                    "dtype": precision, "mode": mode, "settings": state.to_dict()}
+            run_case(recorder, case, lambda request=request: time_window(pipe, request, device, args.window_repeats), references)
+
+    forward_cases("bf16", "resident")
+    window_cases("bf16", "resident")
+
+    if args.low_vram:
+        # Same model, now streamed: outputs must equal the resident run's (rel_err_vs_bf16 ~ 0).
+        state.streamer = enable_block_streaming(transformer, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib / total_gib), device)
+        base["memory_cap_gib"] = args.memory_cap_gib
+        low = PerformanceSettings.for_memory(args.memory_cap_gib, **overrides)
+        tilings = {"settings": [low.vae_tiling], "on": [True], "off": [False], "both": [False, True]}
+        for tiling in tilings[args.low_vram_vae_tiling]:
+            state.settings = dataclasses.replace(low, vae_tiling=tiling)
+            forward_cases("bf16", "low_vram")
+            window_cases("bf16", "low_vram")
+            args.forward = []  # forwards do not use the VAE: once is enough
+
+    if args.fp8:
+        begin = time.perf_counter()
+        state.fp8_linears = convert_blocks_to_fp8(nn.ModuleList(transformer_blocks(transformer)))
+        state.settings = dataclasses.replace(state.settings, fp8_linear=True)
+        state.attention_backend = select_attention_backend(settings.attention_backend, device, eight_bit=True)
+        set_attention_backend(transformer, state.attention_backend)
+        if settings.compile_blocks:
+            torch._dynamo.reset()  # the blocks changed: compile the fp8 graph afresh
+            compile_blocks(transformer)
+        base["fp8_convert_s"] = round(time.perf_counter() - begin, 1)
+        base["attention_backend_resolved"] = state.attention_backend
+        forward_cases("fp8", "resident")
+        window_cases("fp8", "resident")
+
+    print_table(recorder.records)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
