@@ -35,6 +35,7 @@ from .weights import (
 )
 
 __all__ = [
+    "official_clip_shapes",
     "CLIP_MEAN",
     "CLIP_STD",
     "ClipVisionConfig",
@@ -257,3 +258,35 @@ def _build(
     with meta_init():
         model = CLIPVisionModel(config)
     return load_into(model, state, dtype=dtype, device=device)
+
+
+def official_clip_shapes(config: ClipVisionConfig, embed_dim: int = 1024) -> dict[str, tuple[int, ...]]:
+    """Every key of the official ``-onlyvisual.pth`` with its shape; ``embed_dim`` is ``visual.head``'s width."""
+    d, p = config.vision_dim, config.patch_size
+    tokens = (config.image_size // p) ** 2 + 1
+    mlp = d * config.vision_mlp_ratio
+    shapes: dict[str, tuple[int, ...]] = {
+        "log_scale": (),
+        "visual.patch_embedding.weight": (d, 3, p, p),
+        "visual.cls_embedding": (1, 1, d),
+        "visual.pos_embedding": (1, tokens, d),
+        "visual.pre_norm.weight": (d,),
+        "visual.pre_norm.bias": (d,),
+        "visual.post_norm.weight": (d,),
+        "visual.post_norm.bias": (d,),
+        "visual.head": (d, embed_dim),
+    }
+    for n in range(config.vision_layers):
+        block = f"visual.transformer.{n}"
+        for norm in ("norm1", "norm2"):
+            shapes[f"{block}.{norm}.weight"] = (d,)
+            shapes[f"{block}.{norm}.bias"] = (d,)
+        shapes[f"{block}.attn.to_qkv.weight"] = (3 * d, d)
+        shapes[f"{block}.attn.to_qkv.bias"] = (3 * d,)
+        shapes[f"{block}.attn.proj.weight"] = (d, d)
+        shapes[f"{block}.attn.proj.bias"] = (d,)
+        shapes[f"{block}.mlp.0.weight"] = (mlp, d)
+        shapes[f"{block}.mlp.0.bias"] = (mlp,)
+        shapes[f"{block}.mlp.2.weight"] = (d, mlp)
+        shapes[f"{block}.mlp.2.bias"] = (d,)
+    return shapes

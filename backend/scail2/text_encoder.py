@@ -23,6 +23,7 @@ from .layout import CheckpointLayout
 from .weights import LazyStateDict, find_weights_file, load_into, meta_init, open_state_dict, read_json
 
 __all__ = [
+    "official_t5_shapes",
     "T5EncoderConfig",
     "build_umt5",
     "UMT5TextEncoder",
@@ -225,7 +226,8 @@ class UMT5TextEncoder:
         if ids.ndim == 1:
             ids = ids[None]
         if mask is None:
-            mask = (ids != self.tokenizer.pad_token_id).long()
+            pad_id = self.tokenizer.pad_token_id if self.tokenizer is not None else 0  # T5 pads with 0
+            mask = (ids != pad_id).long()
         elif mask.ndim == 1:
             mask = mask[None]
         ids = ids.to(self.device)
@@ -257,3 +259,21 @@ def build_umt5(
     model.tie_weights()
     load_into(model, state, dtype=dtype, device=device)
     return model.eval().requires_grad_(False)
+
+
+def official_t5_shapes(config: T5EncoderConfig) -> dict[str, tuple[int, ...]]:
+    """Every key of the official ``T5Encoder`` state dict with its shape (written from the module structure)."""
+    d, attn, ffn = config.dim, config.dim_attn, config.dim_ffn
+    shapes = {"token_embedding.weight": (config.vocab_size, d), "norm.weight": (d,)}
+    for n in range(config.encoder_layers):
+        block = f"blocks.{n}"
+        for proj in "qkv":
+            shapes[f"{block}.attn.{proj}.weight"] = (attn, d)
+        shapes[f"{block}.attn.o.weight"] = (d, attn)
+        shapes[f"{block}.pos_embedding.embedding.weight"] = (config.num_buckets, config.num_heads)
+        shapes[f"{block}.norm1.weight"] = (d,)
+        shapes[f"{block}.norm2.weight"] = (d,)
+        shapes[f"{block}.ffn.gate.0.weight"] = (ffn, d)
+        shapes[f"{block}.ffn.fc1.weight"] = (ffn, d)
+        shapes[f"{block}.ffn.fc2.weight"] = (d, ffn)
+    return shapes

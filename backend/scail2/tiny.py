@@ -38,10 +38,10 @@ import torch
 from safetensors.torch import save_file
 
 from . import dit_keys
-from .image_encoder import ClipVisionConfig
+from .image_encoder import ClipVisionConfig, official_clip_shapes
 from .layout import CLIP_FILE, SAT_DIT_FILE, T5_DIR, T5_FILE, TINY_CONFIG_FILE, VAE_FILE
-from .text_encoder import T5EncoderConfig
-from .vae import WanVAEConfig, convert_official_vae_keys
+from .text_encoder import T5EncoderConfig, official_t5_shapes
+from .vae import WanVAEConfig, official_vae_shapes
 
 __all__ = ["LAYOUTS", "TINY_CONFIGS", "main", "tiny_official_state_dicts", "write_tiny_checkpoint"]
 
@@ -151,93 +151,6 @@ def _random_state(shapes: Mapping[str, tuple[int, ...]], seed: int) -> dict[str,
     return {key: _init_tensor(key, tuple(shapes[key]), generator).contiguous() for key in sorted(shapes)}
 
 
-def _official_t5_shapes(config: T5EncoderConfig) -> dict[str, tuple[int, ...]]:
-    d, attn, ffn = config.dim, config.dim_attn, config.dim_ffn
-    shapes = {"token_embedding.weight": (config.vocab_size, d), "norm.weight": (d,)}
-    for n in range(config.encoder_layers):
-        block = f"blocks.{n}"
-        for proj in "qkv":
-            shapes[f"{block}.attn.{proj}.weight"] = (attn, d)
-        shapes[f"{block}.attn.o.weight"] = (d, attn)
-        shapes[f"{block}.pos_embedding.embedding.weight"] = (config.num_buckets, config.num_heads)
-        shapes[f"{block}.norm1.weight"] = (d,)
-        shapes[f"{block}.norm2.weight"] = (d,)
-        shapes[f"{block}.ffn.gate.0.weight"] = (ffn, d)
-        shapes[f"{block}.ffn.fc1.weight"] = (ffn, d)
-        shapes[f"{block}.ffn.fc2.weight"] = (d, ffn)
-    return shapes
-
-
-def _official_clip_shapes(config: ClipVisionConfig, embed_dim: int) -> dict[str, tuple[int, ...]]:
-    d, p = config.vision_dim, config.patch_size
-    tokens = (config.image_size // p) ** 2 + 1
-    mlp = d * config.vision_mlp_ratio
-    shapes: dict[str, tuple[int, ...]] = {
-        "log_scale": (),
-        "visual.patch_embedding.weight": (d, 3, p, p),
-        "visual.cls_embedding": (1, 1, d),
-        "visual.pos_embedding": (1, tokens, d),
-        "visual.pre_norm.weight": (d,),
-        "visual.pre_norm.bias": (d,),
-        "visual.post_norm.weight": (d,),
-        "visual.post_norm.bias": (d,),
-        "visual.head": (d, embed_dim),
-    }
-    for n in range(config.vision_layers):
-        block = f"visual.transformer.{n}"
-        for norm in ("norm1", "norm2"):
-            shapes[f"{block}.{norm}.weight"] = (d,)
-            shapes[f"{block}.{norm}.bias"] = (d,)
-        shapes[f"{block}.attn.to_qkv.weight"] = (3 * d, d)
-        shapes[f"{block}.attn.to_qkv.bias"] = (3 * d,)
-        shapes[f"{block}.attn.proj.weight"] = (d, d)
-        shapes[f"{block}.attn.proj.bias"] = (d,)
-        shapes[f"{block}.mlp.0.weight"] = (mlp, d)
-        shapes[f"{block}.mlp.0.bias"] = (mlp,)
-        shapes[f"{block}.mlp.2.weight"] = (d, mlp)
-        shapes[f"{block}.mlp.2.bias"] = (d,)
-    return shapes
-
-
-def _official_vae_shapes(config: WanVAEConfig) -> dict[str, tuple[int, ...]]:
-    """The ``WanVAE_`` key set: the diffusers module tree's shapes under their official names.
-
-    The official names are enumerated from the Wan VAE structure (flat encoder/decoder lists) and mapped with the
-    loader's own conversion; every diffusers parameter must be hit exactly once.
-    """
-    from diffusers import AutoencoderKLWan
-
-    from .weights import LazyStateDict, TensorRef, meta_init
-
-    with meta_init():
-        model = AutoencoderKLWan(**config.to_diffusers_kwargs())
-    target_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    residual = ("residual.0.gamma", "residual.2.weight", "residual.2.bias", "residual.3.gamma",
-                "residual.6.weight", "residual.6.bias", "shortcut.weight", "shortcut.bias")  # fmt: skip
-    resample = ("resample.1.weight", "resample.1.bias", "time_conv.weight", "time_conv.bias")
-    attention = ("norm.gamma", "to_qkv.weight", "to_qkv.bias", "proj.weight", "proj.bias")
-    candidates = ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"]
-    for side in ("encoder", "decoder"):
-        candidates += [f"{side}.conv1.{p}" for p in ("weight", "bias")]
-        candidates += [f"{side}.head.0.gamma", f"{side}.head.2.weight", f"{side}.head.2.bias"]
-        candidates += [f"{side}.middle.{i}.{leaf}" for i in (0, 2) for leaf in residual]
-        candidates += [f"{side}.middle.1.{leaf}" for leaf in attention]
-    stages = len(config.dim_mult)
-    flat_length = stages * (config.num_res_blocks + 1)  # generous upper bound for both flat lists
-    for index in range(flat_length + stages):
-        for side, group in (("encoder", "downsamples"), ("decoder", "upsamples")):
-            candidates += [f"{side}.{group}.{index}.{leaf}" for leaf in residual + resample]
-    probe = LazyStateDict(
-        {k: TensorRef((), torch.float32, lambda: torch.empty(()), k) for k in candidates}, "<vae key probe>"
-    )
-    converted = convert_official_vae_keys(probe, config)
-    shapes = {ref.origin: target_shapes[key] for key, ref in converted.items() if key in target_shapes}
-    if len(shapes) != len(target_shapes):
-        missed = sorted(set(target_shapes) - {k for k in converted if k in target_shapes})
-        raise RuntimeError(f"VAE key enumeration missed diffusers keys: {missed[:10]}")
-    return shapes
-
-
 def tiny_official_state_dicts(seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
     """Random state dicts of the tiny components in their official key spaces: "dit" (Wan names), "t5", "clip",
     "vae"."""
@@ -257,9 +170,9 @@ def tiny_official_state_dicts(seed: int = 0) -> dict[str, dict[str, torch.Tensor
     clip_config = ClipVisionConfig.from_official_args(TINY_CONFIGS["clip"])
     return {
         "dit": _random_state(dit_shapes, seed),
-        "t5": _random_state(_official_t5_shapes(T5EncoderConfig.from_official_args(TINY_CONFIGS["t5"])), seed + 1),
-        "clip": _random_state(_official_clip_shapes(clip_config, TINY_CONFIGS["clip"]["embed_dim"]), seed + 2),
-        "vae": _random_state(_official_vae_shapes(WanVAEConfig.from_official_args(TINY_CONFIGS["vae"])), seed + 3),
+        "t5": _random_state(official_t5_shapes(T5EncoderConfig.from_official_args(TINY_CONFIGS["t5"])), seed + 1),
+        "clip": _random_state(official_clip_shapes(clip_config, TINY_CONFIGS["clip"]["embed_dim"]), seed + 2),
+        "vae": _random_state(official_vae_shapes(WanVAEConfig.from_official_args(TINY_CONFIGS["vae"])), seed + 3),
     }
 
 

@@ -22,9 +22,18 @@ from diffusers import AutoencoderKLWan
 
 from .errors import CheckpointError
 from .layout import CheckpointLayout
-from .weights import LazyStateDict, find_weights_file, load_into, meta_init, open_state_dict, read_json
+from .weights import (
+    LazyStateDict,
+    TensorRef,
+    find_weights_file,
+    load_into,
+    meta_init,
+    open_state_dict,
+    read_json,
+)
 
 __all__ = [
+    "official_vae_shapes",
     "WAN21_LATENT_MEAN",
     "WAN21_LATENT_STD",
     "WanVAEConfig",
@@ -262,3 +271,38 @@ class WanVideoVAE:
         z = latents / inv_std + mean
         video = self.model.decode(z.to(self.dtype), return_dict=False)[0].float().clamp_(-1, 1)
         return video[0] if squeeze else video
+
+
+def official_vae_shapes(config: WanVAEConfig) -> dict[str, tuple[int, ...]]:
+    """The ``WanVAE_`` key set: the diffusers module tree's shapes under their official names.
+
+    The official names are enumerated from the Wan VAE structure (flat encoder/decoder lists) and mapped with the
+    loader's own conversion; every diffusers parameter must be hit exactly once.
+    """
+    with meta_init():
+        model = AutoencoderKLWan(**config.to_diffusers_kwargs())
+    target_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    residual = ("residual.0.gamma", "residual.2.weight", "residual.2.bias", "residual.3.gamma",
+                "residual.6.weight", "residual.6.bias", "shortcut.weight", "shortcut.bias")  # fmt: skip
+    resample = ("resample.1.weight", "resample.1.bias", "time_conv.weight", "time_conv.bias")
+    attention = ("norm.gamma", "to_qkv.weight", "to_qkv.bias", "proj.weight", "proj.bias")
+    candidates = ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"]
+    for side in ("encoder", "decoder"):
+        candidates += [f"{side}.conv1.{p}" for p in ("weight", "bias")]
+        candidates += [f"{side}.head.0.gamma", f"{side}.head.2.weight", f"{side}.head.2.bias"]
+        candidates += [f"{side}.middle.{i}.{leaf}" for i in (0, 2) for leaf in residual]
+        candidates += [f"{side}.middle.1.{leaf}" for leaf in attention]
+    stages = len(config.dim_mult)
+    flat_length = stages * (config.num_res_blocks + 1)  # generous upper bound for both flat lists
+    for index in range(flat_length + stages):
+        for side, group in (("encoder", "downsamples"), ("decoder", "upsamples")):
+            candidates += [f"{side}.{group}.{index}.{leaf}" for leaf in residual + resample]
+    probe = LazyStateDict(
+        {k: TensorRef((), torch.float32, lambda: torch.empty(()), k) for k in candidates}, "<vae key probe>"
+    )
+    converted = convert_official_vae_keys(probe, config)
+    shapes = {ref.origin: target_shapes[key] for key, ref in converted.items() if key in target_shapes}
+    if len(shapes) != len(target_shapes):
+        missed = sorted(set(target_shapes) - {k for k in converted if k in target_shapes})
+        raise RuntimeError(f"VAE key enumeration missed diffusers keys: {missed[:10]}")
+    return shapes

@@ -42,6 +42,7 @@ __all__ = [
     "find_weights_file",
     "open_state_dict",
     "read_json",
+    "verify_state_dict",
     "SAFETENSORS_SUFFIXES",
     "TORCH_SUFFIXES",
 ]
@@ -296,36 +297,24 @@ def _format_keys(keys: Iterable[str], limit: int = 20) -> str:
     return shown + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_into(
-    model: nn.Module,
-    state: LazyStateDict,
-    *,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str = "cpu",
-    keep_fp32: Callable[[str], bool] | None = None,
-) -> nn.Module:
-    """Load every tensor of ``state`` into ``model``, strictly, tensor by tensor, onto ``device`` in ``dtype``.
-
-    ``model`` may have its parameters on ``meta`` (see :func:`meta_init`). Each tensor is read from the
-    checkpoint, moved to ``device`` and cast to ``dtype`` (floating tensors only; ``keep_fp32(name)`` keeps
-    chosen parameters in float32), then assigned in place of the parameter, so the host never holds more than
-    one tensor. Tied parameters (the same tensor under several names) need only one of their names in
-    ``state``. Buffers the checkpoint does not provide are moved to ``device``.
-
-    Raises :class:`CheckpointError` naming ``state.source`` with every missing, unexpected and mis-shaped key
-    (expected vs found shapes) before anything is loaded.
-    """
-    device = torch.device(device)
-    targets = model.state_dict(keep_vars=True)
-    # Names that share one Parameter object (e.g. T5 "shared.weight" and "encoder.embed_tokens.weight").
+def _alias_groups(model: nn.Module) -> list[list[str]]:
+    """Names that share one Parameter object (e.g. T5 "shared.weight" and "encoder.embed_tokens.weight")."""
     aliases: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         aliases.setdefault(id(param), []).append(name)
-    alias_groups = [names for names in aliases.values() if len(names) > 1]
+    return [names for names in aliases.values() if len(names) > 1]
 
+
+def verify_state_dict(model: nn.Module, state: LazyStateDict) -> None:
+    """Check, without reading any tensor, that ``state`` has exactly the keys and shapes of ``model``.
+
+    Works on models built on ``meta`` (e.g. the 14B DiT). Raises :class:`CheckpointError` naming
+    ``state.source`` with every missing, unexpected and mis-shaped key (expected vs found shapes).
+    """
+    targets = model.state_dict(keep_vars=True)
     provided = set(state)
     missing = set(targets) - provided
-    for group in alias_groups:
+    for group in _alias_groups(model):
         if provided & set(group):
             missing -= set(group)
     unexpected = provided - set(targets)
@@ -350,6 +339,31 @@ def load_into(
             lines.append(f"Mis-shaped {len(mismatched)} tensors: " + "; ".join(shown[:20]))
         lines.append("Check that the file is the right component and model size for this folder.")
         raise CheckpointError("\n".join(lines))
+
+
+def load_into(
+    model: nn.Module,
+    state: LazyStateDict,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    keep_fp32: Callable[[str], bool] | None = None,
+) -> nn.Module:
+    """Load every tensor of ``state`` into ``model``, strictly, tensor by tensor, onto ``device`` in ``dtype``.
+
+    ``model`` may have its parameters on ``meta`` (see :func:`meta_init`). Each tensor is read from the
+    checkpoint, moved to ``device`` and cast to ``dtype`` (floating tensors only; ``keep_fp32(name)`` keeps
+    chosen parameters in float32), then assigned in place of the parameter, so the host never holds more than
+    one tensor. Tied parameters (the same tensor under several names) need only one of their names in
+    ``state``. Buffers the checkpoint does not provide are moved to ``device``.
+
+    Raises :class:`CheckpointError` naming ``state.source`` with every missing, unexpected and mis-shaped key
+    (expected vs found shapes) before anything is loaded.
+    """
+    device = torch.device(device)
+    verify_state_dict(model, state)
+    targets = model.state_dict(keep_vars=True)
+    alias_groups = _alias_groups(model)
 
     loaded: dict[str, torch.Tensor] = {}
     for key in state:
