@@ -68,3 +68,24 @@ def test_compiled_blocks_with_scail_rope_tables_match_eager(backend):
         outputs = [block(hidden, context, temb, rope) for block in model.blocks]  # one graph, two weight sets
     for output, reference in zip(outputs, references, strict=True):
         assert torch.allclose(output, reference, rtol=1e-4, atol=1e-5), (output - reference).abs().max()
+
+
+def test_parked_encoder_weights_round_trip_without_copies_back():
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from backend.scail2.accel import is_parked, load_module, park_module
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=28, patch_size=14)
+    model = CLIPVisionModel(config).eval()
+    pixels = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        reference = model(pixel_values=pixels).last_hidden_state
+        park_module(model)
+        assert is_parked(model)
+        load_module(model, "cpu")
+        parked = model(pixel_values=pixels).last_hidden_state
+        park_module(model)  # second park: only re-points, same buffer
+    assert torch.equal(parked, reference)
+    assert is_parked(model)

@@ -17,7 +17,14 @@ from .attention import select_attention_backend, set_attention_backend
 from .compile import compile_blocks, transformer_blocks
 from .fp8 import Fp8Linear, convert_blocks_to_fp8, fp8_supported
 from .settings import ATTENTION_CHOICES, PerformanceSettings
-from .streaming import BlockStreamer, StreamedBlock, enable_block_streaming
+from .streaming import (
+    BlockStreamer,
+    StreamedBlock,
+    enable_block_streaming,
+    is_parked,
+    load_module,
+    park_module,
+)
 
 __all__ = [
     "ATTENTION_CHOICES",
@@ -31,6 +38,9 @@ __all__ = [
     "convert_blocks_to_fp8",
     "enable_block_streaming",
     "fp8_supported",
+    "is_parked",
+    "load_module",
+    "park_module",
     "select_attention_backend",
     "set_attention_backend",
     "transformer_blocks",

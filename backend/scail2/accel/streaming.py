@@ -157,3 +157,42 @@ def enable_block_streaming(model: nn.Module, device: torch.device | str, blocks_
             buffer.data = buffer.data.to(device)
     setattr(model, blocks_attr, nn.ModuleList(StreamedBlock(b, i, streamer) for i, b in enumerate(inner)))
     return streamer
+
+
+# ----------------------------------------------------------------------------------------- parked encoders
+
+_PARKING_ATTR = "_scail2_host_parking"
+
+
+def park_module(module: nn.Module, pin: bool = True) -> None:
+    """Keep `module`'s weights in one pinned host buffer and drop any device copy.
+
+    The first call packs the weights (from wherever they are) into the buffer; later calls only re-point the
+    tensors at it, so parking after use is free: inference weights never change, nothing is copied back.
+    Use for the encoders (umT5-XXL is 11 GB) that run once per job: `load_module` brings them back with one
+    pinned copy (~0.5 s on PCIe 5) instead of `module.to()`'s per-tensor pageable copies both ways.
+    """
+    packed = getattr(module, _PARKING_ATTR, None)
+    if packed is None:
+        packed = _PackedBlock(module, pin=pin and torch.cuda.is_available())
+        setattr(module, _PARKING_ATTR, packed)
+    packed.point_at(packed.host)
+
+
+def load_module(module: nn.Module, device: torch.device | str) -> None:
+    """Copy a parked module's weights to `device` in one transfer (parks it first if it never was)."""
+    device = torch.device(device)
+    if getattr(module, _PARKING_ATTR, None) is None:
+        park_module(module)
+    packed = getattr(module, _PARKING_ATTR)
+    if device.type == "cpu":
+        packed.point_at(packed.host)
+        return
+    buffer = torch.empty(packed.nbytes, dtype=torch.uint8, device=device)
+    buffer.copy_(packed.host, non_blocking=packed.host.is_pinned())
+    packed.point_at(buffer)
+
+
+def is_parked(module: nn.Module) -> bool:
+    packed = getattr(module, _PARKING_ATTR, None)
+    return packed is not None and all(t.device.type == "cpu" for t in packed.tensors)
