@@ -21,8 +21,10 @@ Every problem (unreadable, truncated, foreign file; missing, unexpected or mis-s
 
 from __future__ import annotations
 
+import importlib
 import json
 import pickle
+import re
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -213,6 +215,48 @@ def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+# Plain-data classes training checkpoints often carry next to the weights (the run's argparse arguments, numpy
+# RNG states). They only hold values, so torch's weights-only unpickler may build them; nothing else is allowed.
+_HARMLESS_GLOBALS = {
+    "argparse.Namespace",
+    "numpy.ndarray",
+    "numpy.dtype",
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct",
+    "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+}
+_NUMPY_DTYPE_CLASS = re.compile(r"numpy\.dtypes\.\w+DType")
+
+
+def _load_with_harmless_globals(path: Path) -> object:
+    """Retry a weights-only load allowing the plain-data classes above; refuse anything else, naming it."""
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc}); download it again") from exc
+    refused = [name for name in needed if name not in _HARMLESS_GLOBALS and not _NUMPY_DTYPE_CLASS.fullmatch(name)]
+    if refused:
+        raise CheckpointError(
+            f"{path}: refused to load: besides tensors the file holds Python objects of {refused}, which are never "
+            "unpickled for safety. Re-save just the state dict (e.g. as .safetensors) in a trusted environment."
+        )
+    allowed = []
+    for name in needed:
+        module_name, _, attribute = name.rpartition(".")
+        allowed.append(getattr(importlib.import_module(module_name), attribute))
+    if any(name.startswith("numpy.") for name in needed):
+        # dtype classes are only named while an array is rebuilt, so the scan above does not list them.
+        import numpy
+
+        allowed += [getattr(numpy.dtypes, n) for n in dir(numpy.dtypes) if n.endswith("DType")]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc}); download it again") from exc
+
+
 def _open_torch(path: Path) -> dict[str, TensorRef]:
     _check_readable(path)
     if not zipfile.is_zipfile(path):
@@ -224,11 +268,8 @@ def _open_torch(path: Path) -> dict[str, TensorRef]:
         # weights_only: plain tensors and containers only, never arbitrary objects. mmap: tensor storages stay
         # in the file; a tensor's bytes are read when it is converted onto its target device.
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused to load: the file contains Python objects other than tensors, which are never "
-            f"unpickled for safety ({str(exc).splitlines()[0]})"
-        ) from exc
+    except pickle.UnpicklingError:
+        obj = _load_with_harmless_globals(path)
     except Exception as exc:
         raise CheckpointError(
             f"{path}: cannot read checkpoint ({exc}). It is probably truncated or corrupt: download it again."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -140,11 +141,26 @@ def test_safetensors_cut_inside_the_data_fails_naming_the_file(tmp_path):
         open_state_dict(path)
 
 
+class Payload:
+    """Stands for any class a malicious or foreign pickle could name."""
+
+    def __init__(self):
+        self.ran = True
+
+
 def test_arbitrary_python_objects_are_never_unpickled(tmp_path):
     path = tmp_path / "evil.pt"
-    torch.save({"module": _weights(), "args": argparse.Namespace(lr=1.0)}, path)
-    with pytest.raises(CheckpointError, match="refused to load"):
+    torch.save({"module": _weights(), "payload": Payload()}, path)
+    with pytest.raises(CheckpointError, match=r"refused to load.*Payload"):
         open_state_dict(path)
+
+
+def test_training_checkpoint_extras_are_tolerated(tmp_path):
+    """SAT-style saves carry the run's arguments and RNG states next to "module"; those plain data load."""
+    path = tmp_path / "sat.pt"
+    extras = {"args": argparse.Namespace(lr=1.0, dims=[1, 2]), "np_rng_state": np.random.get_state()}
+    torch.save({"iteration": 3, "module": _weights(), **extras}, path)
+    assert set(open_state_dict(path)) == set(_weights())
 
 
 def test_unknown_suffix_and_missing_file(tmp_path):
