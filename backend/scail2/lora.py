@@ -23,6 +23,7 @@ precision), otherwise by applying the difference of strengths in float32.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from torch import nn
 from .dit_keys import KEY_PREFIXES, wan_module_to_internal, wan_to_internal
 from .errors import CheckpointError
 from .weights import LazyStateDict, open_state_dict
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Lora", "LoraManager", "LoraPatch", "load_lora", "sat_lora_module_to_wan"]
 
@@ -71,6 +74,8 @@ class Lora:
 
     path: Path
     patches: dict[str, list[LoraPatch]] = field(default_factory=dict)
+    # source key -> why it is not applied (filled by check()).
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def targets(self) -> set[str]:
@@ -78,8 +83,15 @@ class Lora:
 
     def check(self, model: nn.Module) -> None:
         """Raise :class:`CheckpointError` naming the file and key for a target the model lacks or a mis-shaped
-        delta."""
+        delta.
+
+        One known mismatch is skipped instead (listed in :attr:`skipped`, logged): a ``patch_embedding`` weight
+        update whose only difference is the number of input channels. Wan2.1-I2V LoRAs such as lightx2v carry
+        one for Wan's 36-channel input, which SCAIL-2 (20 channels) does not have; ComfyUI, whose template the
+        fast preset follows, skips it the same way.
+        """
         params = dict(model.named_parameters())
+        self.skipped = {}
         for target, patches in self.patches.items():
             for patch in patches:
                 if target not in params:
@@ -98,11 +110,36 @@ class Lora:
                 fits = (
                     got == expected if same_rank else torch.Size(got).numel() == torch.Size(expected).numel()
                 )
+                if not fits and _is_input_channel_mismatch(target, got, expected):
+                    self.skipped[patch.source_key] = (
+                        f"{list(got)} update for {list(expected)} {target} (another model's input channels)"
+                    )
+                    logger.warning(
+                        "%s: skipping LoRA key %s: %s",
+                        self.path,
+                        patch.source_key,
+                        self.skipped[patch.source_key],
+                    )
+                    continue
                 if not fits or got[0] != expected[0]:
                     raise CheckpointError(
                         f"{self.path}: LoRA key {patch.source_key!r} gives a {list(got)} update for parameter "
                         f"{target!r} of shape {list(expected)}; the LoRA is for another model size"
                     )
+
+    def patches_for(self, target: str) -> list[LoraPatch]:
+        """The patches of ``target`` that apply (after :meth:`check`)."""
+        return [p for p in self.patches.get(target, ()) if p.source_key not in self.skipped]
+
+
+def _is_input_channel_mismatch(target: str, got: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    return (
+        target in ("patch_embedding.weight", "pose_patch_embedding.weight")
+        and len(got) == len(expected) >= 2
+        and got[0] == expected[0]
+        and got[2:] == expected[2:]
+        and got[1] != expected[1]
+    )
 
 
 # --- parsing ------------------------------------------------------------------------------------------------
@@ -231,7 +268,9 @@ def _build(path: Path, groups: Mapping[str, Mapping[str, tuple[str, torch.Tensor
             )
         if "diff" in parts:
             key, tensor = parts["diff"]
-            add(f"{internal_module}.weight", LoraPatch(f"{internal_module}.weight", key, diff=tensor))
+            # A bare parameter (``blocks.N.modulation.diff``) or a module's weight.
+            target = wan_to_internal(module) or f"{internal_module}.weight"
+            add(target, LoraPatch(target, key, diff=tensor))
         if "diff_b" in parts:
             key, tensor = parts["diff_b"]
             add(f"{internal_module}.bias", LoraPatch(f"{internal_module}.bias", key, diff=tensor))
@@ -323,18 +362,18 @@ class LoraManager:
                 # copy=True: a checkpoint read may be a view into the file's memory map; never edit it in place.
                 value = self.base_weights.read(target).to(device=param.device, dtype=torch.float32, copy=True)
                 for lora, strength in wanted.values():
-                    for patch in lora.patches.get(target, ()):
+                    for patch in lora.patches_for(target):
                         value += strength * patch.delta(param.shape, param.device)
             else:
                 value = param.detach().to(torch.float32, copy=True)
                 for name in changed:
                     if name in self._fused:
                         old_lora, old_strength = self._fused[name]
-                        for patch in old_lora.patches.get(target, ()):
+                        for patch in old_lora.patches_for(target):
                             value -= old_strength * patch.delta(param.shape, param.device)
                     if name in wanted:
                         lora, strength = wanted[name]
-                        for patch in lora.patches.get(target, ()):
+                        for patch in lora.patches_for(target):
                             value += strength * patch.delta(param.shape, param.device)
             # Rebind rather than copy_: a loaded parameter may share memory with the checkpoint's memory map, and
             # writing into it would change what later reads of the pristine weights return.

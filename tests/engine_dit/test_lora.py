@@ -73,6 +73,10 @@ def _kijai_lora(path: Path) -> dict[str, torch.Tensor]:
         "head.head.diff_b": _randn(64, seed=110),
         "time_projection.1.lora_down.weight": _randn(RANK, 32, seed=111),
         "time_projection.1.lora_up.weight": _randn(192, RANK, seed=112),
+        "blocks.0.modulation.diff": _randn(1, 6, 32, seed=113),
+        "patch_embedding.diff_b": _randn(32, seed=114),
+        # Wan2.1-I2V's 36-channel input projection: skipped (SCAIL-2 has 20 input channels).
+        "patch_embedding.diff": _randn(32, 36, 1, 2, 2, seed=115),
     }
     save_file({"diffusion_model." + k: v for k, v in tensors.items()}, str(path))
     deltas = {}
@@ -84,6 +88,10 @@ def _kijai_lora(path: Path) -> dict[str, torch.Tensor]:
             deltas[key[: -len(".diff_b")] + ".bias"] = value
         elif key.endswith(".diff_m"):
             deltas[key[: -len(".diff_m")] + ".modulation"] = value
+        elif key == "patch_embedding.diff":
+            continue
+        elif key.endswith("modulation.diff"):
+            deltas[key[: -len(".diff")]] = value
         elif key.endswith(".diff"):
             deltas[key[: -len(".diff")] + ".weight"] = value
     return deltas
@@ -145,6 +153,9 @@ def test_kijai_lora_fuses_like_the_manual_computation(tmp_path, wan_state, check
 
     manager.apply({"lightx2v": (tmp_path / "lightx2v.safetensors", 0.7)})
     assert manager.fused == {"lightx2v": 0.7}
+    assert list(manager._resolve(tmp_path / "lightx2v.safetensors").skipped) == [
+        "diffusion_model.patch_embedding.diff"
+    ]
     _assert_same_weights(model, _merged_model(tmp_path, wan_state, (0.7, deltas)), atol=1e-6)
     with torch.no_grad():
         expected = _merged_model(tmp_path, wan_state, (0.7, deltas))(**_inputs()).sample
