@@ -214,3 +214,14 @@ def test_quantized_comfy_files_are_named_when_skipped(tmp_path, tiny_layouts):
     shutil.copy(source, folder / "diffusion_models" / "wan2.1_14B_SCAIL_2_fp8_scaled.safetensors")
     with pytest.raises(CheckpointError, match="Quantised ComfyUI files are not supported"):
         resolve_checkpoint(folder)
+
+
+def test_command_line_writes_a_folder_and_refuses_to_overwrite(tmp_path, capsys):
+    from backend.scail2.tiny import main
+
+    target = tmp_path / "cli"
+    assert main([str(target), "--layout", "converted", "--dit-prefix", "diffusion_model."]) == 0
+    assert "UNTRAINED" in capsys.readouterr().out
+    assert resolve_checkpoint(target).dit.name == "SCAIL-2.safetensors"
+    assert main([str(target)]) == 2
+    assert "exists" in capsys.readouterr().err
