@@ -406,7 +406,7 @@ def load_into(
     targets = model.state_dict(keep_vars=True)
     alias_groups = _alias_groups(model)
 
-    loaded: dict[str, torch.Tensor] = {}
+    loaded: set[str] = set()
     for key in state:
         tensor = state.read(key)
         target = targets[key]
@@ -419,8 +419,8 @@ def load_into(
         value = tensor.to(device=device).to(dtype=to_dtype)
         if value is tensor and not state[key].fresh:
             value = value.clone()  # never keep a view into the checkpoint's memory map or a bigger tensor
-        loaded[key] = value
         _assign(model, key, value)
+        loaded.add(key)
 
     for group in alias_groups:
         source_name = next((name for name in group if name in loaded), None)
