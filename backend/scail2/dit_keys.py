@@ -28,6 +28,7 @@ __all__ = [
     "KEY_PREFIXES",
     "detect_key_space",
     "internal_to_wan",
+    "internal_to_wan_state_dict",
     "internal_module_to_wan",
     "official_wan_shapes",
     "sat_to_wan",
@@ -250,6 +251,18 @@ def wan_to_sat_state_dict(
             raise KeyError(f"{sat_key!r} needs {len(parts)} fused parts; some are missing")
         fused[prefix + sat_key] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
     return fused
+
+
+def internal_to_wan_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an internal-key state dict (``SCAIL2Transformer.state_dict()``) to Wan keys; ``KeyError`` for a
+    key with no Wan name."""
+    renamed = {}
+    for key, tensor in state_dict.items():
+        wan_key = internal_to_wan(key)
+        if wan_key is None:
+            raise KeyError(f"{key!r} has no Wan counterpart")
+        renamed[wan_key] = tensor
+    return renamed
 
 
 # --- key space detection -----------------------------------------------------------------------------------

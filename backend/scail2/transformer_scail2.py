@@ -414,8 +414,10 @@ class SCAIL2Transformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         internal, space, prefix = to_internal_keys(state)
         if config is None:
             config = infer_config_from_shapes(internal)
+        # Drop diffusers bookkeeping entries ("_class_name", "_diffusers_version") of a saved config.
+        config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
         with meta_init():
-            model = cls(**dict(config))
+            model = cls(**config)
         _check_keys(model, internal, space, prefix)
         if torch.device(device).type == "meta":
             _load_shapes_only(model, internal, torch_dtype, cls.keeps_fp32)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from backend.scail2.dit_keys import (
     detect_key_space,
     internal_to_wan,
+    internal_to_wan_state_dict,
     official_wan_shapes,
     sat_key_for_wan,
     sat_to_wan,
@@ -142,6 +143,10 @@ def test_all_key_spaces_give_the_same_model(tmp_path):
     torch.save(wan, tmp_path / "wan.pth")
 
     reference = SCAIL2Transformer.from_single_file(tmp_path / "wan.safetensors", TINY)
+    # A saved diffusers config (bookkeeping keys included) is accepted as the config.
+    saved_config = json.loads(reference.to_json_string())
+    assert "_class_name" in saved_config
+    SCAIL2Transformer.from_single_file(tmp_path / "wan.safetensors", saved_config)
     inputs = _tiny_inputs()
     with torch.no_grad():
         expected = reference(**inputs).sample
@@ -149,6 +154,7 @@ def test_all_key_spaces_give_the_same_model(tmp_path):
 
     internal = {k: v.contiguous() for k, v in reference.state_dict().items()}
     save_file(internal, str(tmp_path / "internal.safetensors"))
+    assert internal_to_wan_state_dict(internal).keys() == wan.keys()
 
     for name in ("prefixed.safetensors", "fsdp2_rank_0000_checkpoint.pt", "wan.pth", "internal.safetensors"):
         model = SCAIL2Transformer.from_single_file(tmp_path / name, TINY)
