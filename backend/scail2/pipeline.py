@@ -31,6 +31,7 @@ from .conditioning import GenerationRequest, PreparedInputs, prepare_inputs
 from .errors import CheckpointError, GenerationCancelled, Scail2InputError
 from .image_encoder import ClipImageEncoder
 from .layout import CheckpointLayout, resolve_checkpoint
+from .lora import LoraManager
 from .masks import (
     compress_driving_mask,
     compress_reference_mask,
@@ -205,7 +206,7 @@ class Scail2Pipeline:
         *,
         device: torch.device | str = "cpu",
         layout: CheckpointLayout | None = None,
-        lora_manager: Any | None = None,
+        lora_manager: LoraManager | None = None,
         offload_encoders: bool | None = None,
     ):
         """``offload_encoders`` (default: True on CUDA) keeps umT5 and CLIP on the CPU between encodings, moving
@@ -267,16 +268,16 @@ class Scail2Pipeline:
         return dict(self.layout.loras) if self.layout is not None else {}
 
     def set_loras(self, loras: dict[str, float], preset: str | None = None) -> None:
-        """Fuse exactly these LoRA strengths into the DiT (a no-op when they are already fused)."""
+        """Make the fused LoRAs exactly ``loras`` (name -> strength; 0 = off). Unchanged strengths cost nothing;
+        changed ones are recomputed from the pristine checkpoint weights (engine ``lora.LoraManager``)."""
         active = {name: float(s) for name, s in loras.items() if float(s) != 0.0}
-        check_loras_available(active, self.available_loras(), preset)
+        available = self.available_loras()
+        check_loras_available(active, available, preset)
         if self.lora_manager is None:
             if active:
-                raise Scail2InputError(
-                    "this pipeline has no LoRA support (built without a layout)", field="loras"
-                )
+                raise Scail2InputError("this pipeline was built without LoRA support", field="loras")
             return
-        self.lora_manager.set_strengths(active)
+        self.lora_manager.apply({name: (available[name], strength) for name, strength in active.items()})
 
     # ------------------------------------------------------------------------------------------- encoders
 
@@ -729,8 +730,6 @@ def load_text_encoder(
     )
 
 
-def _make_lora_manager(transformer: SCAIL2Transformer, layout: CheckpointLayout):
-    """Engine A's LoRA fuse manager over the folder's LoRA files."""
-    from .lora import LoraManager
-
-    return LoraManager(transformer, layout.loras)
+def _make_lora_manager(transformer: SCAIL2Transformer, layout: CheckpointLayout) -> LoraManager:
+    """The LoRA fuse manager; it recomputes patched weights from the checkpoint the DiT was loaded from."""
+    return LoraManager(transformer)
