@@ -56,6 +56,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+# Module level: with postponed annotations FastAPI resolves these names in the module's globals.
+Authorization = Annotated[str | None, Header(description="Bearer <token>")]
+ClientId = Annotated[str | None, Header(alias="X-Client-Id", description="groups jobs for GET /v1/jobs")]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", description="makes retries return one job")]
+
+
 @dataclass
 class WorkerInfo:
     """What ``/v1/health`` reports about this worker."""
@@ -153,9 +159,6 @@ def create_app(
                            "id")
         return job
 
-    Authorization = Annotated[str | None, Header(description="Bearer <token>")]
-    ClientId = Annotated[str | None, Header(alias="X-Client-Id", description="groups jobs for GET /v1/jobs")]
-
     # -- health --
 
     @app.get(f"/{API_VERSION}/health", response_model=Health | HealthPublic, response_model_exclude_none=False)
@@ -184,7 +187,7 @@ def create_app(
         request: Request,
         authorization: Authorization = None,
         client_id: ClientId = None,
-        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> JSONResponse:
         """Multipart: a JSON ``spec`` field and file fields. Validated fully before it is queued."""
         authorize(authorization)

@@ -44,6 +44,11 @@ class JobSpec(BaseModel):
     )
     fps: float | None = Field(None, gt=0.0, le=240.0, description="required when 'driving' is a zip of frames")
     loras: dict[str, float] | None = Field(None, description="LoRA name -> strength; replaces the preset's LoRAs")
+    segment_len: int | None = Field(
+        None, ge=9, le=161,
+        description="advanced: frames per denoising window (4k+1; default 81, what the model was trained on). "
+        "Shorter windows need less GPU memory but give the model less temporal context",
+    )
     reference_mask: MaskSource | None = Field(
         None, description="'alpha', 'file' or 'auto'; default: 'file' when a reference_mask file is sent, else 'alpha'"
     )
@@ -67,6 +72,14 @@ class JobSpec(BaseModel):
                     f"{name} {side} must be a multiple of {SIZE_MULTIPLE} and at least {MIN_SIDE} "
                     f"(nearest: {max(MIN_SIDE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE)})"
                 )
+        return value
+
+    @field_validator("segment_len")
+    @classmethod
+    def _check_segment_len(cls, value: int | None) -> int | None:
+        if value is not None and (value - 1) % 4:
+            lower = (value - 1) // 4 * 4 + 1
+            raise ValueError(f"segment_len must be 4k+1 (e.g. {lower} or {lower + 4}), got {value}")
         return value
 
     @field_validator("frame_range")

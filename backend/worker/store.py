@@ -146,8 +146,9 @@ class JobStore:
         self.staging_root.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._write_lock = threading.Lock()
+        # executescript commits on its own; each CREATE is IF NOT EXISTS, so a crash part-way is harmless.
+        self._connection().executescript(_SCHEMA)
         with self._transaction() as db:
-            db.executescript(_SCHEMA)
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     # -- connections -------------------------------------------------------------------------------------------

@@ -156,9 +156,14 @@ def _engine_field_to_api(field: str | None) -> str | None:
     return f"spec.{field}"
 
 
-def engine_error(exc: Exception) -> ApiError:
-    """A ``Scail2InputError`` as a 422 naming the API field."""
-    return invalid(_engine_field_to_api(getattr(exc, "field", None)) or "spec", str(exc))
+def engine_error(exc: Exception, folder: Path | None = None, inputs: Mapping[str, str] | None = None) -> ApiError:
+    """A ``Scail2InputError`` as a 422 naming the API field. The engine names the stored files; the client knows
+    its uploads by field name, so their paths are replaced by that (server paths are never shown)."""
+    message = str(exc)
+    for field, name in (inputs or {}).items():
+        if folder is not None:
+            message = message.replace(str(folder / name), f"the uploaded '{field}'")
+    return invalid(_engine_field_to_api(getattr(exc, "field", None)) or "spec", message)
 
 
 def _read_image(path: Path, field: str, limits: UploadLimits):
@@ -168,7 +173,6 @@ def _read_image(path: Path, field: str, limits: UploadLimits):
 
 
 def _read_clip(path: Path, field: str, fps: float | None, limits: UploadLimits):
-    from backend.scail2.errors import Scail2InputError
     from backend.scail2.media import read_frame_zip, read_video
 
     if path.suffix == ".zip":
@@ -178,11 +182,7 @@ def _read_clip(path: Path, field: str, fps: float | None, limits: UploadLimits):
         return read_frame_zip(path, fps, field=field, limits=limits.media_limits())
     if path.suffix != ".video":
         raise invalid(field, f"{field} must be a video file or a zip of PNG frames, got a single image")
-    try:
-        clip = read_video(path, field=field, limits=limits.media_limits())
-    except Scail2InputError as exc:
-        # The engine names the stored file; the client knows its upload by field name only.
-        raise invalid(field, str(exc).replace(str(path), f"the uploaded {field}")) from exc
+    clip = read_video(path, field=field, limits=limits.media_limits())
     if fps is not None:
         clip.fps = float(fps)
     return clip
@@ -208,6 +208,7 @@ def build_request(spec: JobSpec, inputs: Mapping[str, str], folder: Path, limits
     """
     from backend.scail2.conditioning import ExtraReference, GenerationRequest, prepare_inputs
     from backend.scail2.errors import Scail2InputError
+    from backend.scail2.pipeline import Scail2Pipeline
     from backend.scail2.presets import SamplingSettings, check_loras_available
 
     if "reference" not in inputs:
@@ -263,10 +264,13 @@ def build_request(spec: JobSpec, inputs: Mapping[str, str], folder: Path, limits
             sampling=sampling,
             loras=dict(spec.loras) if spec.loras is not None else None,
         )
+        if spec.segment_len is not None:
+            request.segment_len = spec.segment_len
         check_loras_available(request.effective_loras, available_loras, spec.preset if spec.loras is None else None)
         prepared = prepare_inputs(request)
+        Scail2Pipeline.plan_windows(prepared.num_frames, request)  # window lengths are checked here
     except Scail2InputError as exc:
-        raise engine_error(exc) from exc
+        raise engine_error(exc, folder, inputs) from exc
     if max(prepared.height, prepared.width) > limits.max_side:
         raise invalid("spec.size", f"{prepared.width}x{prepared.height} exceeds this worker's {limits.max_side}-"
                       "pixel side limit")

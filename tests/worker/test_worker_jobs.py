@@ -1,0 +1,143 @@
+"""End to end through a real worker subprocess: submit, progress, download, cancel, idempotency, listing."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from worker_helpers import LONG_SPEC, SHORT_SPEC, sha256, wait_until
+
+from backend.client import BadRequest, JobFailed, JobNotFound, WorkerClient
+
+
+def test_health_with_and_without_token(worker):
+    public = requests.get(f"{worker.url}/v1/health", timeout=10).json()
+    assert public == {"status": "ok", "version": public["version"], "api": "v1", "authenticated": False}
+    full = worker.client().health()
+    assert full["authenticated"] is True
+    assert full["device"] == "cpu" and full["gpu"] is None
+    assert full["model"]["loaded"] is True and full["model"]["dtype"] == "float32"
+    assert set(full["model"]["loras"]) >= {"lightx2v", "dpo", "relight"}
+    assert full["queue"] == {"queued": 0, "running": 0} or sum(full["queue"].values()) >= 0
+    assert full["limits"]["max_upload_mb"] == 8
+
+
+def test_submit_progress_and_verified_download(worker, inputs, tmp_path):
+    client = worker.client()
+    job_id = client.submit(SHORT_SPEC, inputs.files())
+    seen: list[dict] = []
+    final = client.wait(job_id, poll_interval=0.05, timeout=120, on_status=seen.append)
+
+    statuses = [s["status"] for s in seen]
+    assert statuses[-1] == "succeeded" and final["progress"] == 1.0
+    assert final["result"] == {"frames": 9, "fps": pytest.approx(29.97, abs=0.01), "width": 96, "height": 64,
+                               "manifest_url": f"/v1/jobs/{job_id}/result"}
+    assert final["spec"]["seed"] == 7 and final["attempts"] == 1 and final["windows_done"] == 1
+    fractions = [s["progress"] for s in seen]
+    assert fractions == sorted(fractions), "progress never goes backwards"
+
+    paths = client.download(job_id, tmp_path / "out", what=("frames", "mp4", "zip"))
+    manifest = client.result_manifest(job_id)
+    by_name = {entry["name"]: entry for entry in manifest["files"]}
+    assert len(paths["frames"]) == 9
+    for index, path in enumerate(paths["frames"]):
+        assert path.name == f"{index:06d}.png"
+        assert sha256(path) == by_name[f"frames/{path.name}"]["sha256"]
+        assert np.asarray(Image.open(path)).shape == (64, 96, 3)
+    assert sha256(paths["mp4"]) == by_name["result.mp4"]["sha256"]
+    with zipfile.ZipFile(paths["zip"]) as archive:
+        assert archive.namelist() == [f"frames/{i:06d}.png" for i in range(9)]
+        assert archive.read("frames/000004.png") == paths["frames"][4].read_bytes()
+    assert (tmp_path / "out" / "manifest.json").is_file()
+    assert not list((tmp_path / "out").rglob("*.part"))
+
+
+def test_range_requests_resume_a_partial_download(worker, inputs, tmp_path):
+    client = worker.client()
+    job_id = client.submit(SHORT_SPEC, inputs.files())
+    client.wait(job_id, poll_interval=0.05, timeout=120)
+    mp4 = next(e for e in client.result_manifest(job_id)["files"] if e["kind"] == "mp4")
+    headers = {"Authorization": f"Bearer {worker.token}"}
+    whole = requests.get(f"{worker.url}{mp4['url']}", headers=headers, timeout=10)
+    assert whole.status_code == 200 and whole.headers["accept-ranges"] == "bytes"
+    assert hashlib.sha256(whole.content).hexdigest() == mp4["sha256"] == whole.headers["x-content-sha256"]
+    part = requests.get(f"{worker.url}{mp4['url']}", headers={**headers, "Range": "bytes=100-"}, timeout=10)
+    assert part.status_code == 206 and part.content == whole.content[100:]
+    assert part.headers["content-range"] == f"bytes 100-{mp4['size'] - 1}/{mp4['size']}"
+
+    # A download interrupted after 1000 bytes resumes from there and is verified against the checksum.
+    target = tmp_path / "result.mp4"
+    (tmp_path / "result.mp4.part").write_bytes(whole.content[:1000])
+    client.download_file(mp4["url"], target, mp4["sha256"], mp4["size"])
+    assert target.read_bytes() == whole.content
+    # A corrupt partial file (wrong bytes) is detected by the checksum and fetched again.
+    (tmp_path / "again.mp4.part").write_bytes(b"\0" * 1000)
+    client.download_file(mp4["url"], tmp_path / "again.mp4", mp4["sha256"], mp4["size"])
+    assert (tmp_path / "again.mp4").read_bytes() == whole.content
+
+
+def test_cancel_running_and_queued_jobs(worker, inputs):
+    client = worker.client()
+    running = client.submit({**LONG_SPEC, "steps": 20}, inputs.files())
+    queued = client.submit(SHORT_SPEC, inputs.files())
+    wait_until(lambda: client.status(running)["detail"]["step"], timeout=120)
+    assert client.status(queued)["status"] == "queued"
+    assert client.status(queued)["queue_position"] == 0
+
+    after = client.cancel(queued)
+    assert after["status"] == "canceled"  # a queued job is canceled at once
+    requested = client.cancel(running)
+    assert requested["cancel_requested"] is True
+    with pytest.raises(JobFailed) as failure:
+        client.wait(running, poll_interval=0.05, timeout=60)
+    assert failure.value.status == "canceled"
+    status = client.status(running)
+    assert status["detail"]["window"] == 1 and status["windows_done"] == 0, "stopped inside the first window"
+    with pytest.raises(BadRequest) as not_ready:
+        client.result_manifest(running)
+    assert not_ready.value.status == 409
+
+    client.delete(running)
+    with pytest.raises(JobNotFound):
+        client.status(running)
+
+
+def test_idempotent_resubmission(worker, inputs):
+    client = worker.client()
+    first = client.submit(SHORT_SPEC, inputs.files(), idempotency_key="shot-010-take-1")
+    again = client.submit(SHORT_SPEC, inputs.files(), idempotency_key="shot-010-take-1")
+    assert again == first
+    with pytest.raises(BadRequest) as conflict:
+        client.submit({**SHORT_SPEC, "seed": 8}, inputs.files(), idempotency_key="shot-010-take-1")
+    assert conflict.value.status == 409 and conflict.value.field == "Idempotency-Key"
+    client.wait(first, poll_interval=0.05, timeout=120)
+
+
+def test_concurrent_retries_with_one_key_make_one_job(worker, inputs):
+    client = worker.client()
+    ids: list[str] = []
+    threads = [threading.Thread(target=lambda: ids.append(
+        client.submit(SHORT_SPEC, inputs.files(), idempotency_key="same-key-raced"))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(ids) == 4 and len(set(ids)) == 1
+    client.wait(ids[0], poll_interval=0.05, timeout=120)
+
+
+def test_list_shows_only_the_callers_jobs(worker, inputs):
+    alice = WorkerClient(worker.url, worker.token, client_id="alice-install")
+    bob = WorkerClient(worker.url, worker.token, client_id="bob-install")
+    mine = [alice.submit(SHORT_SPEC, inputs.files()) for _ in range(3)]
+    page = alice.list_jobs(limit=2)
+    assert [job["id"] for job in page["jobs"]] == mine[::-1][:2] and page["next_cursor"]
+    assert [job["id"] for job in alice.iter_jobs(page_size=2)] == mine[::-1]
+    assert not any(job["id"] in mine for job in bob.iter_jobs())
+    for job_id in mine:
+        alice.wait(job_id, poll_interval=0.05, timeout=120)

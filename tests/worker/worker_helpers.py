@@ -1,0 +1,80 @@
+"""Constants and helpers of the worker tests (imported by the test modules; conftest adds this folder to sys.path)."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from backend.launcher import LocalWorker
+
+MEDIA = Path(__file__).resolve().parents[2].parent / "shared" / "media"  # ../shared/media
+DRIVING_VIDEO = MEDIA / "carphone_pristine.mp4"  # 176x144, 120 frames at 29.97 fps: a real person talking
+REFERENCE_PHOTO = MEDIA / "astronaut.png"
+OTHER_PHOTO = MEDIA / "chelsea.png"
+DRIVING_FRAMES = 120
+# Tiny generations: 96x64 output, 2 steps. Short jobs use 9 driving frames (one window); long ones all 120
+# (two windows of the engine's 81-frame windowing).
+SHORT_SPEC = {"mode": "animation", "preset": "quality", "steps": 2, "guidance": 1.0, "size": "96x64", "seed": 7,
+              "frame_range": [0, 9], "prompt": "a person talking"}
+LONG_SPEC = {**SHORT_SPEC, "frame_range": [0, DRIVING_FRAMES], "steps": 3}
+UPLOAD_LIMIT_MB = 8
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Paths of the files a job sends."""
+
+    reference: Path  # RGBA astronaut: alpha marks the subject (so no reference mask file is needed)
+    driving: Path  # the real carphone clip
+    driving_mask: Path  # zip of 120 palette masks (blue subject on black), one per driving frame
+    folder: Path
+
+    def files(self) -> dict[str, Path]:
+        return {"reference": self.reference, "driving": self.driving, "driving_mask": self.driving_mask}
+
+
+def write_mask_zip(path: Path, frames: int, size: tuple[int, int] = (144, 176), colour=(0, 0, 255),
+                   background=(0, 0, 0)) -> Path:
+    height, width = size
+    with zipfile.ZipFile(path, "w") as archive:
+        for index in range(frames):
+            mask = np.empty((height, width, 3), np.uint8)
+            mask[:] = background
+            left = width // 4 + (index % 8)  # the subject moves a little, as a real matte does
+            mask[height // 5 : height - 4, left : left + width // 2] = colour
+            image_path = path.with_name(f"{path.stem}_{index}.png")
+            Image.fromarray(mask).save(image_path)
+            archive.write(image_path, arcname=f"mask_{index:04d}.png")
+            image_path.unlink()
+    return path
+
+
+def start_worker(checkpoint: Path, data_dir: Path, log_path: Path, *extra: str) -> LocalWorker:
+    worker = LocalWorker(sys.executable, checkpoint, data_dir, device="cpu", log_path=log_path,
+                         extra_args=["--max-upload-mb", str(UPLOAD_LIMIT_MB), "--max-side", "1024", *extra],
+                         ready_timeout=180)
+    return worker.start()
+
+
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def wait_until(predicate, timeout: float = 60.0, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not reached within {timeout} s")
