@@ -53,9 +53,11 @@ EXTRA_INPUT_CHANNELS = 4
 # The 14B model's head size; used to infer num_heads when a checkpoint comes without a config.
 DEFAULT_HEAD_DIM = 128
 
-# Parameters kept in float32 when the model is loaded in half precision: the time embedding and modulation
-# tables (the official model computes them in fp32) and the norms.
-_FP32_MODULE_NAMES = frozenset({"time_embedder", "time_proj", "scale_shift_table", "norm1", "norm2", "norm3"})
+# Parameters kept in float32 when the model is loaded in half precision: the time embedding, modulation tables
+# and output head (the official model computes them in fp32) and the norms. All small.
+_FP32_MODULE_NAMES = frozenset(
+    {"time_embedder", "time_proj", "scale_shift_table", "norm1", "norm2", "norm3", "proj_out"}
+)
 
 
 def _timestep_sinusoid(timestep: torch.Tensor, freq_dim: int) -> torch.Tensor:
@@ -261,9 +263,12 @@ class SCAIL2Transformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         embedder = self.condition_embedder
         timestep = timestep.reshape(-1).expand(batch) if timestep.numel() == 1 else timestep.reshape(batch)
         sinusoid = _timestep_sinusoid(timestep, config.freq_dim)
-        temb = embedder.time_embedder(sinusoid.to(embedder.time_embedder.linear_1.weight.dtype)).float()
-        timestep_proj = embedder.time_proj(embedder.act_fn(temb).to(embedder.time_proj.weight.dtype))
-        timestep_proj = timestep_proj.float().unflatten(1, (6, -1))
+        device_type = hidden_states.device.type
+        # The official model computes the time embedding and the head in fp32 even under bf16 autocast.
+        with torch.autocast(device_type, enabled=False):
+            temb = embedder.time_embedder(sinusoid.to(embedder.time_embedder.linear_1.weight.dtype)).float()
+            timestep_proj = embedder.time_proj(embedder.act_fn(temb).to(embedder.time_proj.weight.dtype))
+            timestep_proj = timestep_proj.float().unflatten(1, (6, -1))
 
         text_dtype = embedder.text_embedder.linear_1.weight.dtype
         padded = context.new_zeros(batch, config.text_len, context.shape[2])
@@ -283,9 +288,10 @@ class SCAIL2Transformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
                 hidden_states = block(hidden_states, encoder_hidden_states, timestep_proj, rotary_emb)
 
         # 4. Head on the whole sequence (so a context-parallel gather sees every token), then the video tokens.
-        shift, scale = (self.scale_shift_table.float() + temb.unsqueeze(1)).chunk(2, dim=1)
-        hidden_states = self.norm_out(hidden_states.float()) * (1 + scale) + shift
-        hidden_states = self.proj_out(hidden_states.to(self.proj_out.weight.dtype))
+        with torch.autocast(device_type, enabled=False):
+            shift, scale = (self.scale_shift_table.float() + temb.unsqueeze(1)).chunk(2, dim=1)
+            hidden_states = self.norm_out(hidden_states.float()) * (1 + scale) + shift
+            hidden_states = self.proj_out(hidden_states.to(self.proj_out.weight.dtype))
         hidden_states = hidden_states[:, layout.video_offset : layout.video_offset + layout.video_tokens]
 
         post_t, post_h, post_w = frames // p_t, height // p_h, width // p_w

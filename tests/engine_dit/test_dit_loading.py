@@ -79,6 +79,7 @@ def test_official_14b_wan_keys_load_on_meta():
         assert params["blocks.7.attn1.to_q.weight"].dtype == torch.bfloat16
         assert params["blocks.7.scale_shift_table"].dtype == torch.float32
         assert params["condition_embedder.time_proj.weight"].dtype == torch.float32
+        assert params["proj_out.weight"].dtype == torch.float32
 
 
 @pytest.mark.parametrize("prefix", ["", "diffusion_model.", "model.diffusion_model."])
@@ -178,6 +179,24 @@ def test_config_inferred_from_shapes_and_dtype(tmp_path):
     with torch.no_grad():
         out = half(**_tiny_inputs()).sample
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
+def test_bf16_autocast_keeps_fp32_residual_and_stays_close(tmp_path):
+    path = tmp_path / "wan.safetensors"
+    save_file(_random_wan_state(), str(path))
+    model = SCAIL2Transformer.from_single_file(path, TINY)
+    inputs = _tiny_inputs()
+    seen = []
+    hook = model.blocks[1].register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    with torch.no_grad():
+        reference = model(**inputs).sample
+        with torch.autocast("cpu", torch.bfloat16):
+            mixed = model(**inputs).sample
+    hook.remove()
+    assert seen == [torch.float32, torch.float32]
+    assert mixed.dtype == torch.float32
+    assert (mixed - reference).abs().max() / reference.abs().max() < 5e-2
 
 
 def test_config_from_official_rejects_unsupported_settings():
