@@ -2,10 +2,12 @@
 
 Formats:
 
-* **Kijai / lightx2v** ``.safetensors`` (what the official ``wan/utils/lora.py`` fuses):
-  ``[diffusion_model.]<wan module>.lora_down.weight`` / ``.lora_up.weight``, optional ``.alpha``, optional
-  ``.diff_b`` (bias delta), ``.diff`` (full weight delta) and ``<prefix>.diff_m`` (delta of ``<prefix>.modulation``).
-  ``lora_A`` / ``lora_B`` names are accepted as aliases of down / up.
+* **Kijai / lightx2v** ``.safetensors``: ``[diffusion_model.]<wan module>.lora_down.weight`` / ``.lora_up.weight``,
+  optional ``.alpha`` and ``.diff_b`` (bias delta) — what the official ``wan/utils/lora.py`` fuses — plus the full
+  deltas ``.diff`` (e.g. norm weights, ``blocks.N.modulation.diff``) and ``<prefix>.diff_m`` (``<prefix>.modulation``)
+  that these files also carry and ComfyUI applies (the official fuser ignores them). ``lora_A`` / ``lora_B`` names
+  are accepted as aliases of down / up. Wan2.1-I2V LoRAs carry a ``patch_embedding.diff`` for Wan's 36 input
+  channels, which SCAIL-2 (20) lacks: it is skipped, as ComfyUI does (see :meth:`Lora.check`).
 * **Official SAT** ``.pt`` (``bias-aware-dpo-lora.pt``, ``relighting-lora.pt``): ``...transformer.layers.N.
   <attention.query_key_value|attention.dense|cross_attention.query|cross_attention.key_value|cross_attention.dense|
   mlp.dense_h_to_4h|mlp.dense_4h_to_h>.lora_layer[.j].{down,up}.weight`` (and ``.diff_b``), converted as the
@@ -334,6 +336,12 @@ class LoraManager:
 
     @torch.no_grad()
     def apply(self, loras: Mapping[str, tuple[str | Path | Lora, float]]) -> None:
+        """Make the fused set exactly ``loras`` (name -> (file or parsed :class:`Lora`, strength)).
+
+        Only parameters of LoRAs whose file or strength changed are recomputed. With base weights that means
+        re-reading those parameters from the checkpoint (a few seconds to a minute for the 14B model, only when
+        the set changes). Raises :class:`CheckpointError` before touching any weight if a LoRA does not fit.
+        """
         wanted = {}
         for name, (source, strength) in loras.items():
             if float(strength) != 0.0:
