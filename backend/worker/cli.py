@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "generated and printed once when omitted; mandatory off loopback")
     serve.add_argument("--data", required=True, type=Path, help="job store folder (database, uploads, results)")
     serve.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N")
+    serve.add_argument("--gpus", type=int, default=1,
+                       help="run each job across this many GPUs of the host, one process per GPU (sequence parallel)")
     serve.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
                        help="weight dtype (default bfloat16 on CUDA, float32 on CPU)")
     serve.add_argument("--max-upload-mb", type=float, default=2048.0, help="largest accepted submission")
@@ -134,10 +136,20 @@ def serve(args: argparse.Namespace) -> int:
     try:
         from backend.scail2.pipeline import Scail2Pipeline
 
-        pipeline = Scail2Pipeline.from_pretrained(args.checkpoint, device=device, dtype=getattr(torch, dtype_name))
+        if args.gpus > 1:
+            from backend.scail2.parallel.launcher import MultiProcessPipeline
+
+            pipeline = MultiProcessPipeline.start(args.checkpoint, processes=args.gpus,
+                                                  device=torch.device(device).type, dtype=getattr(torch, dtype_name))
+        else:
+            pipeline = Scail2Pipeline.from_pretrained(args.checkpoint, device=device, dtype=getattr(torch, dtype_name))
     except CheckpointError as exc:
         log.error("checkpoint failed to load", extra={"error": str(exc)})
         return _fail(f"cannot load the checkpoint: {exc}", 3)
+    except (ValueError, RuntimeError, TimeoutError) as exc:
+        if args.gpus <= 1:
+            raise
+        return _fail(f"cannot start the {args.gpus} GPU processes: {exc}", 3)
     log.info("model loaded", extra={"seconds": round(time.monotonic() - started, 2)})
 
     limits = UploadLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_frames=args.max_frames,

@@ -17,6 +17,7 @@ worker's job runner uses it exactly like a `Scail2Pipeline`. Behind it:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import pickle
@@ -191,8 +192,10 @@ class MultiProcessPipeline:
             args=(self.settings, self._commands, self._events, self._cancel),
             nprocs=self.settings.processes,
             join=False,
+            daemon=True,  # never outlive the worker
             start_method="spawn",
         )
+        atexit.register(self.close)
         ready: set[int] = set()
         deadline = time.monotonic() + self.start_timeout_s
         while len(ready) < self.settings.processes:
