@@ -103,6 +103,7 @@ def job_status_body(store: JobStore, job: JobRecord) -> JobStatus:
         windows_done=job.windows_done,
         error=JobError(**job.error) if job.error else None,
         result=result,
+        timings=job.timings,
         spec=JobSpec.model_validate(job.spec),
         links=_links(job.id),
     )

@@ -7,7 +7,7 @@ names appear in the OpenAPI schema FastAPI serves at ``/openapi.json``.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -167,6 +167,8 @@ class JobStatus(BaseModel):
     windows_done: int = Field(description="windows finished and stored; a restarted job resumes after them")
     error: JobError | None
     result: ResultInfo | None
+    timings: dict[str, Any] | None = Field(description="once finished: seconds per phase, run_s, queued_s, "
+                                           "peak_gpu_mb, resumed_windows")
     spec: JobSpec
     links: dict[str, str]
 

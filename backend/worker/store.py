@@ -351,9 +351,8 @@ class JobStore:
                 (status, time.time(), json.dumps(error) if error else None, json.dumps(result) if result else None,
                  json.dumps(timings) if timings else None, status, status, job_id),
             )
-        if status != "succeeded":
-            # Windows only matter for resuming; a job that will never resume does not need them.
-            shutil.rmtree(self.job_dir(job_id) / "windows", ignore_errors=True)
+        # Windows only matter for resuming; a finished job never resumes (its frames are in result/ if any).
+        shutil.rmtree(self.job_dir(job_id) / "windows", ignore_errors=True)
 
     def requeue(self, job_id: str) -> None:
         """Put a running job back in the queue (the worker is shutting down); its windows are kept."""
