@@ -97,7 +97,8 @@ def make_client(target: BackendTarget):
     # Imported on use: the add-on registers (and its panels draw) even before a backend is configured.
     from ..backend.client import WorkerClient
 
-    return WorkerClient(target.url, token=target.token, timeout=target.timeout)
+    # Few retries: a dead worker should turn into a message within seconds, not minutes.
+    return WorkerClient(target.url, token=target.token, timeout=target.timeout, retries=3, backoff=0.5)
 
 
 class LocalWorkerManager:
@@ -135,8 +136,10 @@ class LocalWorkerManager:
         try:
             worker.start()
         except Exception as error:  # noqa: BLE001 - any failure is shown to the user as is
+            tail = [line for line in getattr(error, "log_tail", "").splitlines() if line.strip()][-3:]
             with self._lock:
-                self.state, self.message, self._worker = "failed", str(error), None
+                self.state, self._worker = "failed", None
+                self.message = str(error) + (": " + " | ".join(tail) if tail else "")
             raise
         with self._lock:
             self.state, self.message = "ready", worker.url
@@ -158,7 +161,7 @@ class LocalWorkerManager:
             health = make_client(BackendTarget(worker.url, worker.token, LOCAL, 5.0)).health()
         except Exception as error:  # noqa: BLE001 - a dead worker is reported, not raised
             with self._lock:
-                if self._worker is worker and not worker.is_alive():
+                if self._worker is worker and not worker.is_running():
                     self.state, self.message, self._worker = "failed", f"the worker exited: {error}", None
             return
         with self._lock:

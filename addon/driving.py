@@ -136,3 +136,16 @@ def zip_flattened_masks(identity_frames: list[str], background, out_path: str) -
             png = pngio.encode_png(width, height, 3, pngio.flatten_identity_mask(planes, background))
             archive.writestr(f"frame_{number:04d}.png", png)
     os.replace(tmp, out_path)
+
+
+def write_whole_frame_mask(info: ClipInfo, out_path: str) -> None:
+    """A zip of solid identity-0 (blue) frames, one per clip frame: "the subject is everywhere"."""
+    from .palette import identity_colour
+
+    width, height = info.width, info.height
+    png = pngio.encode_png(width, height, 3, bytes(identity_colour(0)) * (width * height))
+    tmp = out_path + ".tmp"
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for number in range(1, info.frames + 1):
+            archive.writestr(f"frame_{number:04d}.png", png)
+    os.replace(tmp, out_path)

@@ -24,6 +24,15 @@ def result_frames(frames_dir: str) -> list[str]:
     return frames
 
 
+def first_number(path: str) -> int:
+    """The frame number in a file name such as ``000000.png`` or ``frame_0001.png``."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    digits = len(stem) - len(stem.rstrip("0123456789"))
+    if digits == 0:
+        raise ImportError_(f"{path}: frame files need a number in their name")
+    return int(stem[-digits:])
+
+
 def strip_name(job_key: str) -> str:
     return f"SCAIL {job_key}"
 
@@ -65,7 +74,7 @@ def set_camera_background(camera_obj, frames: list[str], image_name: str, frame_
     user = background.image_user
     user.frame_start = frame_start
     user.frame_duration = len(frames)
-    user.frame_offset = 0
+    user.frame_offset = first_number(frames[0]) - 1  # frame_start shows file number 1 + offset
     user.use_auto_refresh = True
     user.use_cyclic = False
     background.alpha = 1.0

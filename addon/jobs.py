@@ -9,6 +9,7 @@ module) has no event loop, so there the same code runs synchronously and events 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import queue
 import shutil
@@ -57,8 +58,12 @@ def now_text() -> str:
 # Worker side (no bpy)
 
 
-def describe_error(error: Exception, target: connection.BackendTarget) -> tuple[str, str]:
-    """(status, message) for an exception raised while talking to the worker."""
+def describe_error(error: Exception, target: connection.BackendTarget, submitted: bool = True) -> tuple[str, str]:
+    """(status, message) for an exception raised while talking to the worker.
+
+    A submitted job that loses its worker is ``disconnected`` (the worker keeps it; Refresh follows it again);
+    a job that never reached the worker is ``failed``.
+    """
     from ..backend import client as client_module
 
     name = type(error).__name__
@@ -66,8 +71,11 @@ def describe_error(error: Exception, target: connection.BackendTarget) -> tuple[
         where = "the SCAIL_TOKEN environment variable" if connection.env_override() else "the add-on preferences"
         return "failed", f"the worker at {target.url} refused the token: check the token in {where}"
     if isinstance(error, client_module.WorkerUnreachable):
-        return "disconnected", (f"cannot reach the worker at {target.url} ({error}); the job is kept and "
-                                "resumes with Refresh once the worker is back")
+        again = "follows it again" if submitted else "submits it again"
+        return "disconnected", (f"cannot reach the worker at {target.url}: is it running? ({error}). The job is "
+                                f"kept: Refresh {again} once the worker is back")
+    if isinstance(error, client_module.JobNotFound):
+        return "failed", f"the worker at {target.url} no longer has this job (deleted, or another worker): {error}"
     if isinstance(error, client_module.BadRequest):
         return "failed", f"the worker rejected the job: {error}"
     if isinstance(error, client_module.JobFailed):
@@ -78,14 +86,13 @@ def describe_error(error: Exception, target: connection.BackendTarget) -> tuple[
 def run_task(task: JobTask, emit: Callable[[dict], None], cancel: threading.Event, wait: bool = True) -> None:
     """Submit (unless already submitted), follow progress, download the result. Never raises."""
     base = {"key": task.key}
+    job_id = task.job_id
     try:
         client = connection.make_client(task.target)
-        job_id = task.job_id
         if not job_id:
             emit({**base, "status": "uploading", "phase": "uploading inputs"})
-            answer = client.submit(task.spec, task.files, idempotency_key=task.key)
-            job_id = answer["id"]
-            emit({**base, "job_id": job_id, "status": answer.get("status", "queued"), "phase": ""})
+            job_id = client.submit(task.spec, task.files, idempotency_key=task.key)
+            emit({**base, "job_id": job_id, "status": "queued", "phase": ""})
         canceled_sent = False
         while True:
             if cancel.is_set() and not canceled_sent:
@@ -97,34 +104,49 @@ def run_task(task: JobTask, emit: Callable[[dict], None], cancel: threading.Even
                 break
             cancel.wait(POLL_SECONDS)
         if state["status"] == "succeeded":
-            frames_dir = os.path.join(task.output_dir, "frames")
-            if not (os.path.isdir(frames_dir) and os.listdir(frames_dir)):
+            if not result_complete(task.output_dir):
                 emit({**base, "status": "downloading", "phase": "downloading result"})
-                client.download_result(job_id, task.output_dir)
+                client.download(job_id, task.output_dir, what=("frames", "mp4"))
             emit({**base, "status": "succeeded", "phase": "done", "done": True})
     except Exception as error:  # noqa: BLE001 - every failure ends as a message on the job
-        status, message = describe_error(error, task.target)
+        status, message = describe_error(error, task.target, submitted=bool(job_id))
         emit({**base, "status": status, "message": message})
 
 
+def result_complete(output_dir: str) -> bool:
+    """The client writes ``manifest.json`` after every file has arrived and been verified."""
+    return os.path.isfile(os.path.join(output_dir, "manifest.json")) and os.path.isdir(
+        os.path.join(output_dir, "frames"))
+
+
 def status_fields(state: dict) -> dict:
-    """The job-list fields from ``GET /v1/jobs/{id}``."""
+    """The job-list fields from ``GET /v1/jobs/{id}`` (``JobStatus`` in docs/API.md)."""
+    detail = state.get("detail") or {}
+    error = state.get("error") or {}
     result = state.get("result") or {}
+    eta = detail.get("eta_seconds")
     fields = {
         "status": state.get("status", ""),
-        "phase": state.get("phase") or "",
+        "phase": detail.get("phase") or "",
         "progress": float(state.get("progress") or 0.0),
-        "window": int(state.get("window") or 0),
-        "num_windows": int(state.get("num_windows") or 0),
-        "step": int(state.get("step") or 0),
-        "num_steps": int(state.get("num_steps") or 0),
-        "eta_seconds": float(state["eta_seconds"]) if state.get("eta_seconds") is not None else -1.0,
-        "message": state.get("error") or "",
+        "window": int(detail.get("window") or 0),
+        "num_windows": int(detail.get("num_windows") or 0),
+        "step": int(detail.get("step") or 0),
+        "num_steps": int(detail.get("num_steps") or 0),
+        "eta_seconds": float(eta) if eta is not None else -1.0,
+        "message": _error_text(error),
     }
     if result:
-        fields["frame_count"] = int(result.get("frame_count") or 0)
+        fields["frame_count"] = int(result.get("frames") or 0)
         fields["fps"] = float(result.get("fps") or 0.0)
     return fields
+
+
+def _error_text(error: dict) -> str:
+    if not error:
+        return ""
+    where = f" ({error['field']})" if error.get("field") else ""
+    return f"{error.get('type', 'error')} error{where}: {error.get('message', '')}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,22 +281,54 @@ def start_sync_or_thread(task: JobTask, cancel: threading.Event) -> None:
     ensure_timer()
 
 
+SUBMISSION_FILE = "submission.json"
+
+
+def save_submission(task: JobTask) -> None:
+    """Keep what was sent, so a submission cut off by a dead worker can be repeated (same Idempotency-Key)."""
+    from .pngio import write_atomic
+
+    data = json.dumps({"spec": task.spec, "files": task.files}, indent=1).encode()
+    write_atomic(os.path.join(task.output_dir, SUBMISSION_FILE), data)
+
+
+def load_submission(job) -> tuple[dict, dict[str, str]] | None:
+    path = os.path.join(paths.absolute(job.output_dir), SUBMISSION_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    return data["spec"], data["files"]
+
+
 def resume(job, wait: bool | None = None) -> None:
-    """Follow a job submitted earlier (after reopening the file, or after the worker came back)."""
-    if not job.job_id or is_running(job.key):
+    """Follow a job submitted earlier (after reopening the file, or after the worker came back).
+
+    A job whose submission never got an answer is submitted again with the same Idempotency-Key, so the
+    worker returns the job it may already have instead of queueing a second one.
+    """
+    if is_running(job.key):
         return
     target = connection.resolve_target(server_key=job.server_url)
     task = JobTask(job.key, target, paths.absolute(job.output_dir), job_id=job.job_id)
+    if not job.job_id:
+        submission = load_submission(job)
+        if submission is None:
+            job.status = "failed"
+            job.message = "the job never reached a worker and its inputs are gone: generate it again"
+            return
+        task.spec, task.files = submission
     start(task, wait=(not bpy.app.background) if wait is None else wait)
 
 
 def needs_reconnect(job) -> bool:
+    if job.status == "disconnected":
+        return True
     if not job.job_id:
         return False
     if job.status in RECONNECT:
         return True
-    frames_dir = os.path.join(paths.absolute(job.output_dir), "frames")
-    return job.status == "succeeded" and not job.imported and not os.path.isdir(frames_dir)
+    return job.status == "succeeded" and not result_complete(paths.absolute(job.output_dir))
 
 
 def reconnect_all() -> list[str]:

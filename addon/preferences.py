@@ -81,14 +81,18 @@ def describe_health(health: dict) -> list[str]:
     gpu = health.get("gpu") or {}
     device = health.get("device", "")
     if isinstance(gpu, dict) and gpu.get("name"):
-        used, total = gpu.get("memory_used_bytes"), gpu.get("memory_total_bytes")
-        memory = f", {used / 2**30:.1f}/{total / 2**30:.1f} GiB" if used is not None and total else ""
+        used, total = gpu.get("memory_reserved_mb"), gpu.get("memory_total_mb")
+        memory = f", {used / 1024:.1f}/{total / 1024:.1f} GiB in use" if used is not None and total else ""
         lines.append(f"GPU: {gpu['name']}{memory}")
     elif device:
         lines.append(f"Device: {device}")
     model = health.get("model") or {}
     if isinstance(model, dict):
-        lines.append(f"Model: {'loaded' if model.get('loaded') else 'not loaded'} {model.get('dtype', '')}".rstrip())
+        state = "loaded" if model.get("loaded") else "not loaded"
+        lines.append(f"Model: {state} {model.get('dtype', '')}".rstrip())
+    queue = health.get("queue") or {}
+    if isinstance(queue, dict) and queue:
+        lines.append(f"Jobs: {queue.get('running', 0)} running, {queue.get('queued', 0)} queued")
     return lines
 
 

@@ -139,6 +139,7 @@ class SCAIL_PG_settings(bpy.types.PropertyGroup):
             ("ALPHA", "Clip Alpha", "The clip's own alpha channel"),
             ("FILE", "Mask Video", "A mask video with palette colours"),
             ("RENDER", "Render", "Exact identity masks rendered from the scene (scene animation only)"),
+            ("FRAME", "Whole Frame", "The subject fills every frame (close-ups, when no other mask is available)"),
         ],
         default="AUTO",
     )

@@ -147,7 +147,7 @@ def _driving_inputs(scene, inputs: str, files: dict[str, str], size) -> tuple[st
     if mask_source == "RENDER" and source != "SCENE":
         raise WorkflowError("Mask: Render only exists for the scene's animation; pick Automatic, Clip Alpha "
                             "or Mask Video")
-    frame_range, fps = None, None
+    frame_range, fps, info = None, None, None
     if source == "SCENE":
         start, end = driving.scene_range(scene, settings)
         camera = render.resolve_camera(scene, settings.driving_camera)
@@ -173,12 +173,18 @@ def _driving_inputs(scene, inputs: str, files: dict[str, str], size) -> tuple[st
         frame_range = driving.frame_range(info, settings)
         if frame_range == (0, info.frames):
             frame_range = None
+    if mask_source == "FRAME":
+        info = info or driving.probe(scene, settings)
+        if source == "SCENE":
+            info = driving.ClipInfo("", info.fps, len(animation.frames), size[0], size[1], "scene")
+        files["driving_mask"] = os.path.join(inputs, "driving_mask.zip")
+        driving.write_whole_frame_mask(info, files["driving_mask"])
     if mask_source == "FILE":
         mask_path = paths.absolute(settings.driving_mask_file)
         if not os.path.isfile(mask_path):
             raise WorkflowError(f"driving mask video not found: {mask_path or '(no file chosen)'}")
         files["driving_mask"] = mask_path
-    mask_mode = {"AUTO": "auto", "ALPHA": "alpha", "FILE": "file", "RENDER": "file"}[mask_source]
+    mask_mode = {"AUTO": "auto", "ALPHA": "alpha", "FILE": "file", "RENDER": "file", "FRAME": "file"}[mask_source]
     return mask_mode, frame_range, fps
 
 
@@ -219,4 +225,6 @@ def prepare_job(scene, context=None) -> tuple[object, jobs.JobTask, list[str]]:
     camera = settings.camera or scene.camera
     job.camera_name = camera.name if camera is not None else ""
     settings.job_index = len(settings.jobs) - 1
-    return job, jobs.JobTask(key, target, folder, spec=spec, files=files), warnings
+    task = jobs.JobTask(key, target, folder, spec=spec, files=files)
+    jobs.save_submission(task)
+    return job, task, warnings

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,43 +11,16 @@ import bpy
 
 REPO = Path(__file__).resolve().parents[2]
 MEDIA = REPO.parent / "shared" / "media"
+sys.path.insert(0, str(REPO))
+
+from demo.extension import build_extension, install_extension, run_extension_cli  # noqa: E402
+
+__all__ = ["build_extension", "install_extension", "run_extension_cli"]
 
 
 def backend_python() -> Path:
     """The interpreter of this environment: it has the backend installed, so it can run the worker."""
     return Path(sys.executable)
-
-
-def extension_cli() -> tuple[Path, Path]:
-    scripts = Path(bpy.utils.system_resource("SCRIPTS"))
-    return (scripts / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py",
-            scripts / "modules" / "_bpy_internal" / "extensions" / "tags.py")
-
-
-def run_extension_cli(*args: str) -> subprocess.CompletedProcess:
-    cli, tags = extension_cli()
-    return subprocess.run([sys.executable, str(cli), args[0], f"--valid-tags={tags}", *args[1:]],
-                          capture_output=True, text=True, timeout=120)
-
-
-def build_extension(out_dir: Path) -> Path:
-    """Validate the repository as an extension and build its zip with the builder shipped in the wheel."""
-    validated = run_extension_cli("validate", str(REPO))
-    assert validated.returncode == 0, validated.stdout + validated.stderr
-    built = run_extension_cli("build", "--source-dir", str(REPO), "--output-dir", str(out_dir))
-    assert built.returncode == 0, built.stdout + built.stderr
-    (zip_path,) = out_dir.glob("scail_motion-*.zip")
-    validated = run_extension_cli("validate", str(zip_path))
-    assert validated.returncode == 0, validated.stdout + validated.stderr
-    return zip_path
-
-
-def install_extension(zip_path: Path) -> str:
-    result = bpy.ops.extensions.package_install_files(repo="user_default", filepath=str(zip_path),
-                                                      enable_on_install=True)
-    assert result == {"FINISHED"}, result
-    module = next(a.module for a in bpy.context.preferences.addons if a.module.endswith(".scail_motion"))
-    return module
 
 
 def addon_package(module: str):

@@ -60,6 +60,34 @@ if INNER:
                        cwd=REPO, check=True, timeout=300, capture_output=True)
         return folder
 
+    @pytest.fixture(scope="session")
+    def local_worker(addon, tiny_checkpoint_dir, tmp_path_factory):
+        """The add-on's own local worker on the tiny checkpoint, started through its preferences and operator.
+
+        The test environment runs the backend from the source tree, so the worker finds it on PYTHONPATH.
+        """
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+        prefs = bpy.context.preferences.addons[addon].preferences
+        prefs.backend = "LOCAL"
+        prefs.python_path = sys.executable
+        prefs.checkpoint_dir = str(tiny_checkpoint_dir)
+        prefs.device = "cpu"
+        prefs.data_dir = str(tmp_path_factory.mktemp("worker"))
+        prefs.timeout = 60.0
+        assert bpy.ops.scail.local_worker_start() == {"FINISHED"}
+        yield prefs
+        bpy.ops.scail.local_worker_stop()
+
+    @pytest.fixture
+    def remote_prefs(addon):
+        """Preferences switched to a remote worker for one test, then back."""
+        prefs = bpy.context.preferences.addons[addon].preferences
+        saved = (prefs.backend, prefs.remote_url, prefs.remote_token, bpy.context.preferences.system.use_online_access)
+        prefs.backend = "REMOTE"
+        yield prefs
+        prefs.backend, prefs.remote_url, prefs.remote_token = saved[:3]
+        bpy.context.preferences.system.use_online_access = saved[3]
+
     def pytest_sessionfinish(session, exitstatus):
         session.config._scail_status = int(exitstatus)
 
