@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .conditioning import ExtraReference, GenerationRequest
+from .conditioning import ExtraReference, GenerationRequest, validate_request
 from .errors import GenerationCancelled, Scail2Error
 from .media import read_clip, read_image
 from .presets import PRESET_NAMES, SamplingSettings
@@ -135,15 +135,16 @@ def build_request(args: argparse.Namespace) -> GenerationRequest:
         image = read_image(image_path, field=f"{field}.image")
         mask = read_image(mask_path, field=f"{field}.mask") if mask_path else None
         extras.append(ExtraReference(image, mask))
+    reference = read_image(args.reference, field="reference")
+    reference_mask = read_image(args.reference_mask, field="reference_mask") if args.reference_mask else None
+    driving = read_clip(args.driving, field="driving", fps=args.fps)
+    # A mask sequence plays at the driving clip's rate: their frames correspond one to one.
+    driving_mask = read_clip(args.driving_mask, field="driving_mask", fps=driving.fps) if args.driving_mask else None
     return GenerationRequest(
-        reference=read_image(args.reference, field="reference"),
-        reference_mask=read_image(args.reference_mask, field="reference_mask")
-        if args.reference_mask
-        else None,
-        driving=read_clip(args.driving, field="driving", fps=args.fps),
-        driving_mask=read_clip(args.driving_mask, field="driving_mask", fps=args.fps)
-        if args.driving_mask
-        else None,
+        reference=reference,
+        reference_mask=reference_mask,
+        driving=driving,
+        driving_mask=driving_mask,
         extra_references=extras,
         mode=args.mode,
         prompt=args.prompt,
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
             raise Scail2Error(f"{out} is not empty; choose another --out or pass --overwrite")
         request = build_request(args)
+        validate_request(request)  # fail on bad inputs before the (slow) model load
         pipe = Scail2Pipeline.from_pretrained(
             args.checkpoint, device=device, dtype=getattr(torch, DTYPES[dtype_name])
         )

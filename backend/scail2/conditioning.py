@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from .errors import Scail2InputError
-from .masks import Mode, background_colour, mask_from_alpha, validate_mask
+from .masks import BLACK, Mode, background_colour, mask_from_alpha, validate_mask
 from .media import VideoClip
 from .presets import SamplingSettings
+from .segments import padded_windows
 
 SIZE_MULTIPLE = 32
 MIN_SIDE = 64
@@ -217,8 +218,51 @@ def _mask_or_alpha(
     )
 
 
+@dataclass
+class _ValidInputs:
+    height: int
+    width: int
+    reference: np.ndarray
+    reference_mask: np.ndarray
+    driving: np.ndarray
+    driving_mask: np.ndarray
+    extras: list[tuple[np.ndarray, np.ndarray]]
+    fps: float
+
+
+def validate_request(request: GenerationRequest) -> tuple[int, int]:
+    """Check every input of ``request`` without resizing anything; returns the output (height, width).
+
+    Cheap enough to run before loading the model, so that a bad input fails in seconds, not after minutes.
+    """
+    valid = _validate(request)
+    return valid.height, valid.width
+
+
 def prepare_inputs(request: GenerationRequest) -> PreparedInputs:
     """Validate every input of ``request`` and bring it to the target size (uint8 RGB)."""
+    valid = _validate(request)
+    height, width = valid.height, valid.width
+    mode = request.mode
+    reference_rgb = composite_over(valid.reference, background_colour(mode, "reference"))
+    driving_rgb = composite_over(valid.driving, background_colour(mode, "driving"))
+    return PreparedInputs(
+        height=height,
+        width=width,
+        reference=resize_cover_crop(reference_rgb[None], height, width)[0],
+        reference_mask=resize_cover_crop(valid.reference_mask[None], height, width)[0],
+        driving=resize_cover_crop(driving_rgb, height, width),
+        driving_mask=resize_cover_crop(valid.driving_mask, height, width),
+        extra_images=[
+            resize_cover_crop(composite_over(image, BLACK)[None], height, width)[0]
+            for image, _ in valid.extras
+        ],
+        extra_masks=[resize_cover_crop(mask[None], height, width)[0] for _, mask in valid.extras],
+        fps=valid.fps,
+    )
+
+
+def _validate(request: GenerationRequest) -> _ValidInputs:
     mode = request.mode
     if mode not in ("animation", "replacement"):
         raise Scail2InputError(f"mode must be 'animation' or 'replacement', got {mode!r}", field="mode")
@@ -256,7 +300,7 @@ def prepare_inputs(request: GenerationRequest) -> PreparedInputs:
         driving_mask_frames, driving, mode, "driving", "driving_mask", "driving", video=True
     )
 
-    extra_images, extra_masks = [], []
+    extras = []
     for index, extra in enumerate(request.extra_references):
         field = f"extra_references[{index}]"
         image = _check_pixels(extra.image, f"{field}.image", video=False)
@@ -273,19 +317,16 @@ def prepare_inputs(request: GenerationRequest) -> PreparedInputs:
                 "background plate), or give an RGBA image",
                 field=f"{field}.mask",
             )
-        extra_images.append(resize_cover_crop(composite_over(image, (0, 0, 0))[None], height, width)[0])
-        extra_masks.append(resize_cover_crop(mask[None], height, width)[0])
+        extras.append((image, mask))
 
-    reference_rgb = composite_over(reference, background_colour(mode, "reference"))
-    driving_rgb = composite_over(driving, background_colour(mode, "driving"))
-    return PreparedInputs(
-        height=height,
-        width=width,
-        reference=resize_cover_crop(reference_rgb[None], height, width)[0],
-        reference_mask=resize_cover_crop(reference_mask[None], height, width)[0],
-        driving=resize_cover_crop(driving_rgb, height, width),
-        driving_mask=resize_cover_crop(driving_mask, height, width),
-        extra_images=extra_images,
-        extra_masks=extra_masks,
-        fps=fps,
-    )
+    _check_windows(request, driving.shape[0])
+    return _ValidInputs(height, width, reference, reference_mask, driving, driving_mask, extras, fps)
+
+
+def _check_windows(request: GenerationRequest, num_frames: int) -> None:
+    if request.tail not in ("pad", "drop"):
+        raise Scail2InputError(f"tail must be 'pad' or 'drop', got {request.tail!r}", field="tail")
+    try:
+        padded_windows(num_frames, request.segment_len, request.segment_overlap)
+    except ValueError as exc:
+        raise Scail2InputError(str(exc), field="segment_len") from exc

@@ -276,17 +276,21 @@ def read_clip(
     ``fps`` is required for frame sequences and images, and overrides nothing for video files.
     """
     path = Path(path)
-    if path.is_dir():
-        return read_frame_folder(path, fps if fps is not None else 0.0, field, limits)
     if not path.exists():
         raise Scail2InputError(f"{path}: file not found", field=field)
     suffix = path.suffix.lower()
-    if suffix == ".zip":
-        return read_frame_zip(path, fps if fps is not None else 0.0, field, limits)
-    if suffix in IMAGE_SUFFIXES:
-        return VideoClip(
-            read_image(path, field, limits)[None], _check_fps(fps if fps is not None else 16.0, field)
+    is_sequence = path.is_dir() or suffix == ".zip"
+    if (is_sequence or suffix in IMAGE_SUFFIXES) and fps is None:
+        raise Scail2InputError(
+            f"{path}: frame sequences and images carry no frame rate; give one (--fps on the command line)",
+            field=field,
         )
+    if path.is_dir():
+        return read_frame_folder(path, fps, field, limits)
+    if suffix == ".zip":
+        return read_frame_zip(path, fps, field, limits)
+    if suffix in IMAGE_SUFFIXES:
+        return VideoClip(read_image(path, field, limits)[None], _check_fps(fps, field))
     return read_video(path, field, limits)
 
 
