@@ -13,6 +13,7 @@ import json
 import torch
 import torch.distributed as dist
 
+from backend.scail2.accel import compile_blocks
 from backend.scail2.parallel import enable_cfg_parallel, enable_sequence_parallel, init_parallel
 from backend.scail2.parallel.collectives import all_gather_tokens, heads_to_sequence, sequence_to_heads
 from backend.scail2.transformer_scail2 import SCAIL2Transformer
@@ -116,6 +117,18 @@ def check_cfg_parallel() -> None:
     )
 
 
+@torch.no_grad()
+def check_compiled_blocks() -> None:
+    """The worker compiles each block with fullgraph=True: the hooks and collectives must trace without breaks."""
+    model = tiny_transformer(2, seed=5)
+    inputs = tiny_inputs(1, 3, 0, seed=13)
+    whole = model(**inputs).sample
+    enable_sequence_parallel(model, dist.group.WORLD, gather_after="proj_out")
+    compile_blocks(model, backend="aot_eager", fullgraph=True)
+    split = model(**inputs).sample
+    report("compiled_blocks", float((split - whole).abs().max()), scale=float(whole.abs().max()))
+
+
 def main() -> None:
     runtime = init_parallel(backend="gloo")
     world, rank = runtime.world_size, runtime.rank
@@ -124,6 +137,7 @@ def main() -> None:
     check_sequence_parallel(num_heads=2 * world, frames=3, extra_refs=1, replace=True)
     check_sequence_parallel(num_heads=3, frames=3, extra_refs=0, replace=False)  # heads do not divide: all-gather
     check_cfg_parallel()
+    check_compiled_blocks()
     runtime.shutdown()
 
 
