@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # "--reference-mask auto" / "--driving-mask auto" make the masks with SAM3 (backend.masks).
+    from backend.masks.cli import add_auto_mask_arguments
+
+    add_auto_mask_arguments(parser)
     return parser
 
 
@@ -139,7 +143,9 @@ def build_request(args: argparse.Namespace) -> GenerationRequest:
     reference_mask = read_image(args.reference_mask, field="reference_mask") if args.reference_mask else None
     driving = read_clip(args.driving, field="driving", fps=args.fps)
     # A mask sequence plays at the driving clip's rate: their frames correspond one to one.
-    driving_mask = read_clip(args.driving_mask, field="driving_mask", fps=driving.fps) if args.driving_mask else None
+    driving_mask = (
+        read_clip(args.driving_mask, field="driving_mask", fps=driving.fps) if args.driving_mask else None
+    )
     return GenerationRequest(
         reference=reference,
         reference_mask=reference_mask,
@@ -199,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out.expanduser()
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
             raise Scail2Error(f"{out} is not empty; choose another --out or pass --overwrite")
-        request = build_request(args)
+        from backend.masks.cli import AutoMaskHook
+
+        auto_masks = AutoMaskHook.take(args)  # removes the 'auto' values so build_request reads only files
+        request = auto_masks.apply(build_request(args))
         validate_request(request)  # fail on bad inputs before the (slow) model load
         pipe = Scail2Pipeline.from_pretrained(
             args.checkpoint, device=device, dtype=getattr(torch, DTYPES[dtype_name])
