@@ -1,0 +1,246 @@
+"""Multi-GPU scaling of one SCAIL-2 job: DiT forwards and fast-preset windows on 1, 2, 4, 8 GPUs of one host.
+
+The driver starts one ``torchrun --standalone --nproc-per-node N`` per GPU count; under it every rank builds the
+full-size models with random weights on its own GPU (compute does not depend on the values; see
+``scail2_bench.py``), the DiT is made sequence-parallel (Ulysses over the N ranks, NCCL, NVLink multicast off),
+then the per-GPU performance settings are applied (attention backend, regional compile) exactly as on one GPU.
+Rank 0 times the cases (warm-up, then the median of the repeats) and writes them; the driver adds
+``speedup = T1 / TN`` and ``efficiency = speedup / N`` against the one-GPU run of the same case, and
+``rel_err_vs_1gpu`` between the N-GPU and the one-GPU output. Records go to ``--out`` as a JSON list (rewritten
+atomically after each GPU count) with the fields of ``scail2_bench.py`` plus ``gpus``, ``sp_degree``,
+``cfg_degree``, ``sp_mode``.
+
+    # the issue's measurement: 704p window (and forward) on 1, 2, 4, 8 H200s
+    python benchmarks/bench_multigpu.py --gpus 1,2,4,8 --forward 704x1280 --window 704x1280 \\
+        --out benchmarks/results/multigpu_h200.json
+    # CFG-parallel (2) x Ulysses (N/2): the conditional and unconditional passes on different GPUs
+    python benchmarks/bench_multigpu.py --gpus 2,4,8 --cfg-parallel --window 704x1280 --out ...
+    # the same code on the CPU at tiny size (gloo; what development uses)
+    python benchmarks/bench_multigpu.py --tiny --device cpu --gpus 1,2 --forward 64x96 --window 64x96 --out /tmp/m.json
+
+Run from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+for path in (REPO, REPO / "benchmarks"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from backend.scail2.parallel import NVLINK_MULTICAST_OFF, init_parallel, parallelize_transformer  # noqa: E402
+
+# The DiT at 40 heads: the GPU counts whose Ulysses split needs no fallback.
+DEFAULT_GPUS = (1, 2, 4, 8)
+
+
+# ----------------------------------------------------------------------------------------------- rank side
+
+
+def run_rank(args: argparse.Namespace) -> int:
+    """Body of one torchrun rank: build, parallelize, time; rank 0 writes its records to --rank-out."""
+    import scail2_bench as bench
+
+    from backend.scail2.accel import PerformanceSettings, apply_performance_settings
+    from backend.scail2.pipeline import Scail2Pipeline
+    from backend.scail2.presets import SamplingSettings
+
+    runtime = init_parallel(cfg_parallel=args.cfg_parallel, backend=None if args.device == "cuda" else "gloo")
+    device = runtime.device
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    env = bench.environment(device)
+
+    begin = time.perf_counter()
+    transformer = bench.build_transformer(args.tiny, device, dtype)
+    parallel = parallelize_transformer(transformer, runtime)
+    total_gib = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
+    overrides: dict[str, Any] = {"attention_backend": args.attention_backend}
+    if args.no_compile or device.type != "cuda":
+        overrides["compile_blocks"] = False
+    state = apply_performance_settings(transformer, PerformanceSettings.for_memory(total_gib, **overrides), device)
+    build_s = time.perf_counter() - begin
+
+    base = {
+        **env,
+        "gpus": runtime.world_size,
+        "sp_degree": runtime.sp_degree,
+        "cfg_degree": runtime.cfg_degree,
+        "sp_mode": parallel.sequence.state.mode if parallel and parallel.sequence else None,
+        "frames": bench.FRAMES,
+        "dtype": "bf16" if dtype == torch.bfloat16 else "fp32",
+        "tiny": args.tiny,
+        "label": args.label,
+        "build_s": round(build_s, 1),
+        "attention_backend_resolved": state.attention_backend,
+        "settings": state.to_dict(),
+        "nvlink_multicast": "off",
+    }
+    records: list[dict[str, Any]] = []
+    outputs: dict[str, torch.Tensor] = {}
+
+    def record(case: dict[str, Any], measure) -> None:
+        try:
+            result = measure()
+        except Exception as error:  # one failing case must not lose the others
+            records.append({**base, **case, "error": f"{type(error).__name__}: {error}"[:2000]})
+            return
+        outputs[f"{case['kind']}_{case['height']}x{case['width']}"] = result.pop("_output")
+        records.append({**base, **case, **result})
+
+    for height, width in args.forward:
+        inputs = bench.forward_inputs(transformer, height, width, device, seed=height + width)
+        record({"kind": "forward", "height": height, "width": width},
+               lambda inputs=inputs: bench.time_forward(transformer, inputs, device, args.repeats))
+        del inputs
+
+    if args.window:
+        with tempfile.TemporaryDirectory() as tokenizer_dir:
+            text_encoder, image_encoder, vae = bench.build_encoders(
+                args.tiny, device, dtype, Path(tokenizer_dir) / "tokenizer")
+        pipe = Scail2Pipeline(transformer, text_encoder, image_encoder, vae, device=device,
+                              offload_encoders=state.settings.offload_encoders)
+        for height, width in args.window:
+            request = bench.window_request(height, width, seed=7)
+            if args.guidance is not None:
+                request = dataclasses.replace(
+                    request, sampling=SamplingSettings.from_preset("fast", seed=7, guidance=args.guidance))
+            record({"kind": "window", "preset": "fast", "steps": request.sampling.steps,
+                    "guidance": request.sampling.guidance, "height": height, "width": width},
+                   lambda request=request: bench.time_window(pipe, request, device, args.window_repeats))
+
+    if runtime.is_main:
+        out = Path(args.rank_out)
+        torch.save({"records": records, "outputs": outputs}, out.with_suffix(".tmp"))
+        os.replace(out.with_suffix(".tmp"), out)
+    runtime.shutdown()
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        json.dump(records, handle, indent=1)
+    os.replace(handle.name, path)
+
+
+def rel_err(value: torch.Tensor, reference: torch.Tensor) -> float:
+    value, reference = value.double(), reference.double()
+    return float((value - reference).norm() / reference.norm().clamp(min=1e-30))
+
+
+def run_driver(args: argparse.Namespace, passthrough: list[str]) -> int:
+    available = torch.cuda.device_count() if args.device == "cuda" else os.cpu_count() or 1
+    records = json.loads(args.out.read_text()) if args.out.exists() else []
+    one_gpu: dict[str, tuple[float, torch.Tensor]] = {}
+    env = {**os.environ, **NVLINK_MULTICAST_OFF, "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    for gpus in args.gpus:
+        if args.device == "cuda" and gpus > available:
+            records.append({"gpus": gpus, "label": args.label, "skipped": f"only {available} GPUs visible"})
+            write_records(args.out, records)
+            print(f"SKIP {gpus} GPUs: only {available} visible", flush=True)
+            continue
+        if args.cfg_parallel and gpus % 2:
+            print(f"SKIP {gpus} GPUs: CFG-parallel needs an even count", flush=True)
+            continue
+        with tempfile.TemporaryDirectory() as scratch:
+            rank_out = Path(scratch) / "rank0.pt"
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
+                       str(Path(__file__).resolve()), "--rank-out", str(rank_out), *passthrough]
+            print("RUN", " ".join(command), flush=True)
+            begin = time.perf_counter()
+            completed = subprocess.run(command, cwd=REPO, env=env, timeout=args.timeout_s)
+            wall_s = round(time.perf_counter() - begin, 1)
+            if completed.returncode != 0 or not rank_out.exists():
+                records.append({"gpus": gpus, "label": args.label, "wall_s": wall_s,
+                                "error": f"torchrun exited with {completed.returncode}"})
+                write_records(args.out, records)
+                continue
+            result = torch.load(rank_out, weights_only=False)
+        for case in result["records"]:
+            key = f"{case['kind']}_{case['height']}x{case['width']}"
+            case["wall_s"] = wall_s
+            output = result["outputs"].get(key)
+            if "seconds" in case and gpus == 1:
+                one_gpu[key] = (case["seconds"], output)
+            if key in one_gpu and "seconds" in case:
+                base_seconds, base_output = one_gpu[key]
+                case["speedup"] = round(base_seconds / case["seconds"], 3)
+                case["efficiency"] = round(base_seconds / case["seconds"] / gpus, 3)
+                case["rel_err_vs_1gpu"] = None if output is None else round(rel_err(output, base_output), 5)
+            records.append(case)
+            shown = {k: case.get(k) for k in ("gpus", "kind", "height", "width", "seconds", "speedup",
+                                               "efficiency", "peak_gb", "rel_err_vs_1gpu", "error")}
+            print("RECORD", json.dumps(shown), flush=True)
+        write_records(args.out, records)
+    print("\ngpus | kind | size | seconds | speedup | efficiency | peak_gb | rel_err_vs_1gpu")
+    for case in records:
+        if "kind" in case:
+            print(f"{case['gpus']} | {case['kind']} | {case['height']}x{case['width']} | {case.get('seconds')} | "
+                  f"{case.get('speedup')} | {case.get('efficiency')} | {case.get('peak_gb')} | "
+                  f"{case.get('rel_err_vs_1gpu')}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import scail2_bench as bench
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sizes = lambda text: [bench.parse_size(x) for x in text.split(",") if x]  # noqa: E731
+    parser.add_argument("--gpus", type=lambda t: [int(x) for x in t.split(",") if x], default=list(DEFAULT_GPUS),
+                        help="GPU counts to run, e.g. 1,2,4,8 (1 first: it is the baseline)")
+    parser.add_argument("--forward", type=sizes, default=[], help="sizes HxW,... to time DiT forwards at")
+    parser.add_argument("--window", type=sizes, default=[], help="sizes HxW,... to time fast-preset windows at")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="override the fast preset's guidance (>1 runs both CFG passes)")
+    parser.add_argument("--cfg-parallel", action="store_true", help="CFG halves on different GPUs (even counts)")
+    parser.add_argument("--attention-backend", default="auto")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--repeats", type=int, default=2, help="timed forwards after the warm-up")
+    parser.add_argument("--window-repeats", type=int, default=1, help="timed windows after the warm-up")
+    parser.add_argument("--tiny", action="store_true", help="tiny configs (CPU development)")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--label", default="")
+    parser.add_argument("--timeout-s", type=float, default=3600.0, help="per GPU count")
+    parser.add_argument("--out", type=Path, default=None, help="JSON list of records (driver)")
+    parser.add_argument("--rank-out", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rank_out is not None:
+        return run_rank(args)
+    if args.out is None:
+        parser.error("--out is required")
+    if not (args.forward or args.window):
+        parser.error("give --forward and/or --window sizes")
+    # Everything but the driver-only options goes to the ranks.
+    passthrough, skip = [], False
+    for index, item in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        name = item.split("=", 1)[0]
+        if name in ("--gpus", "--out", "--timeout-s"):
+            skip = "=" not in item and index + 1 < len(argv)
+            continue
+        passthrough.append(item)
+    return run_driver(args, passthrough)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
