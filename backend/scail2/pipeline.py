@@ -208,9 +208,11 @@ class Scail2Pipeline:
         layout: CheckpointLayout | None = None,
         lora_manager: LoraManager | None = None,
         offload_encoders: bool | None = None,
+        batch_cfg: bool | None = None,
     ):
         """``offload_encoders`` (default: True on CUDA) keeps umT5 and CLIP on the CPU between encodings, moving
-        them to the device only while they encode; they are not needed during denoising."""
+        them to the device only while they encode; they are not needed during denoising. ``batch_cfg``: see
+        ``batches_cfg``."""
         self.transformer = transformer
         self.text_encoder = text_encoder
         self.image_encoder = image_encoder
@@ -219,6 +221,7 @@ class Scail2Pipeline:
         self.layout = layout
         self.lora_manager = lora_manager
         self.offload_encoders = self.device.type == "cuda" if offload_encoders is None else offload_encoders
+        self.batch_cfg = batch_cfg
         if self.offload_encoders:
             self._park_encoders()
 
@@ -443,6 +446,17 @@ class Scail2Pipeline:
         generator.manual_seed(int(sampling.seed))
         return generator
 
+    @property
+    def batches_cfg(self) -> bool:
+        """Whether CFG runs as one forward of batch 2 (cond, uncond) instead of two forwards of batch 1.
+
+        ``batch_cfg`` None (the default) batches only when the transformer is CFG-parallel (``parallel.cfg``
+        splits a batch of 2 over two process groups); on one device two sequential forwards need less memory.
+        """
+        if self.batch_cfg is not None:
+            return self.batch_cfg
+        return getattr(self.transformer, "_cfg_parallel", None) is not None
+
     def _velocity(
         self,
         latent: torch.Tensor,
@@ -453,35 +467,53 @@ class Scail2Pipeline:
         guidance: float,
         trace_step: dict[str, list[torch.Tensor]] | None,
     ) -> torch.Tensor:
-        def run(context: torch.Tensor) -> torch.Tensor:
-            return self.transformer(
-                latent[None],
-                timestep.to(self.device).reshape(1),
-                context,
-                conditions.clip_features,
-                conditions.ref_latent[None],
-                window_inputs["ref_masks"][None],
-                window_inputs["pose_latent"][None],
-                window_inputs["driving_masks"][None],
-                replace=replace,
-                history_mask=None
-                if window_inputs["history_mask"] is None
-                else window_inputs["history_mask"][None],
-                extra_ref_latents=None
-                if conditions.extra_latents is None
-                else conditions.extra_latents[None],
-                extra_ref_masks=None if conditions.extra_masks is None else conditions.extra_masks[None],
-                return_dict=False,
-            )[0][0].float()
+        """The guided velocity ``uncond + g * (cond - uncond)`` (just ``cond`` when g <= 1): text-only CFG, every
+        visual input shared by both passes."""
+        use_cfg = guidance > 1.0 and conditions.context_null is not None
 
-        cond = run(conditions.context)
+        def optional(value: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+            return None if value is None else value[None].expand(batch, *value.shape)
+
+        def run(context: torch.Tensor) -> torch.Tensor:
+            batch = context.shape[0]
+            return self.transformer(
+                latent[None].expand(batch, *latent.shape),
+                timestep.to(self.device).reshape(1).expand(batch),
+                context,
+                conditions.clip_features.expand(batch, *conditions.clip_features.shape[1:]),
+                optional(conditions.ref_latent, batch),
+                optional(window_inputs["ref_masks"], batch),
+                optional(window_inputs["pose_latent"], batch),
+                optional(window_inputs["driving_masks"], batch),
+                replace=replace,
+                history_mask=optional(window_inputs["history_mask"], batch),
+                extra_ref_latents=optional(conditions.extra_latents, batch),
+                extra_ref_masks=optional(conditions.extra_masks, batch),
+                return_dict=False,
+            )[0].float()
+
+        if use_cfg and self.batches_cfg:
+            # Zero rows appended to the shorter context change nothing: the model zero-pads both to text_len.
+            length = max(conditions.context.shape[1], conditions.context_null.shape[1])
+            contexts = torch.zeros(
+                2,
+                length,
+                conditions.context.shape[2],
+                dtype=conditions.context.dtype,
+                device=conditions.context.device,
+            )
+            contexts[0, : conditions.context.shape[1]] = conditions.context[0]
+            contexts[1, : conditions.context_null.shape[1]] = conditions.context_null[0]
+            cond, uncond = run(contexts)
+        else:
+            cond = run(conditions.context)[0]
+            uncond = run(conditions.context_null)[0] if use_cfg else None
         if trace_step is not None:
             trace_step["v_cond"].append(cond.cpu())
-        if guidance <= 1.0 or conditions.context_null is None:
+            if uncond is not None:
+                trace_step["v_uncond"].append(uncond.cpu())
+        if uncond is None:
             return cond
-        uncond = run(conditions.context_null)
-        if trace_step is not None:
-            trace_step["v_uncond"].append(uncond.cpu())
         return uncond + guidance * (cond - uncond)
 
     def denoise_windows(

@@ -155,3 +155,38 @@ def test_bad_requests_fail_before_sampling(
         tiny_pipeline.generate(
             _fast_request(reference_rgba, driving_clip, animation_driving_mask), resume=[bogus]
         )
+
+
+def test_batched_cfg_equals_two_forwards(tiny_pipeline):
+    # CFG-parallel workers evaluate cond and uncond as one batch of 2 with zero-padded contexts; same velocity.
+    import torch
+
+    from backend.scail2.pipeline import EncodedConditions
+
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g)
+
+    conditions = EncodedConditions(
+        context=rand(1, 5, 32), context_null=rand(1, 2, 32), clip_features=rand(1, 257, 32),
+        ref_latent=rand(16, 1, 8, 12), ref_mask=torch.rand(28, 1, 8, 12, generator=g),
+        extra_latents=rand(16, 2, 8, 12), extra_masks=torch.rand(28, 2, 8, 12, generator=g),
+    )  # fmt: skip
+    history_mask = torch.zeros(4, 3, 8, 12)
+    history_mask[:, :1] = 1
+    inputs = {
+        "ref_masks": torch.cat([conditions.ref_mask, torch.zeros(28, 3, 8, 12)], 1),
+        "pose_latent": rand(16, 3, 4, 6),
+        "driving_masks": torch.rand(28, 3, 4, 6, generator=g),
+        "history_mask": history_mask,
+    }
+    latent, timestep = rand(16, 3, 8, 12), torch.tensor(700)
+    try:
+        velocities = []
+        for batch_cfg in (False, True):
+            tiny_pipeline.batch_cfg = batch_cfg
+            velocities.append(tiny_pipeline._velocity(latent, timestep, conditions, inputs, True, 4.0, None))
+    finally:
+        tiny_pipeline.batch_cfg = None
+    torch.testing.assert_close(velocities[1], velocities[0], rtol=0, atol=1e-5)
