@@ -190,3 +190,21 @@ def test_batched_cfg_equals_two_forwards(tiny_pipeline):
     finally:
         tiny_pipeline.batch_cfg = None
     torch.testing.assert_close(velocities[1], velocities[0], rtol=0, atol=1e-5)
+
+
+def test_comfy_layout_with_diffusers_encoders(tmp_path, reference_rgba, driving_clip, animation_driving_mask):
+    # The Comfy-Org fp16 single-file DiT with Wan2.1-I2V diffusers encoder folders, through the same loaders.
+    import torch
+
+    from backend.scail2 import Scail2Pipeline
+    from backend.scail2.tiny import write_tiny_checkpoint
+
+    folder = write_tiny_checkpoint(tmp_path / "comfy", layout="comfy", seed=1, dit_prefix="model.diffusion_model.")
+    pipe = Scail2Pipeline.from_pretrained(folder, device="cpu", dtype=torch.float32)
+    assert pipe.layout.dit.name == "wan2.1_14B_SCAIL_2_fp16.safetensors"
+    assert pipe.layout.text_encoder.format == "diffusers" and set(pipe.available_loras()) >= {"dpo", "relight"}
+    short = VideoClip(driving_clip.frames[:5], driving_clip.fps)
+    mask = VideoClip(animation_driving_mask.frames[:5], driving_clip.fps)
+    request = _fast_request(reference_rgba, short, mask, loras={"relight": 0.5})
+    result = pipe.generate(request)
+    assert result.frames.shape == (5, *SIZE, 3) and pipe.lora_manager.fused == {"relight": 0.5}
