@@ -350,8 +350,8 @@ class Scail2Pipeline:
         returns True (checked between steps), ``Scail2InputError`` for bad inputs.
         """
         sampling = request.sampling.with_seed()
+        prepared = prepare_inputs(request)  # bad inputs fail before any weights change
         self.set_loras(request.effective_loras, sampling.preset)
-        prepared = prepare_inputs(request)
         windows = self.plan_windows(prepared.num_frames, request)
         report = _Reporter(progress, len(windows), sampling.steps)
         report("encode", 0, 0)
@@ -548,6 +548,11 @@ class Scail2Pipeline:
         if finished:
             previous_tail = finished[-1].history.get("tail")
             anchor = finished[-1].history.get("anchor")
+            if color_anchor and anchor is None:
+                raise Scail2InputError(
+                    "resume: the saved windows were made without colour anchoring; resume with color_anchor=False",
+                    field="resume",
+                )
 
         for window in windows:
             shape = (LATENT_CHANNELS, window.latent_frames, latent_h, latent_w)
