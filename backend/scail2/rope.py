@@ -10,14 +10,14 @@ multiply by ``cos + i*sin``; so multipliers that are not unit-norm (the avg-pool
 Token segments and their grid positions (``N`` additional references, ``replace`` = replacement mode), in
 token-grid units (latent size divided by the 2x2 patch):
 
-==================  ==========  ===================  ===========  ==================================
-segment             frames      t                    h            w
-==================  ==========  ===================  ===========  ==================================
-additional refs     N           0 .. N-1             +120 if rep  0 ..
-primary reference   1           N                    +120 if rep  0 ..
-video               T           N + (0 if rep else 1) 0 ..       0 ..
-driving (pose)      T           as video             0 ..         120 ..  then 2x2 average pooled
-==================  ==========  ===================  ===========  ==================================
+=================  ======  =========================  ======================  ================================
+segment            frames  t                          h                       w
+=================  ======  =========================  ======================  ================================
+additional refs    N       0 .. N-1                   0 .. (+120 if replace)  0 ..
+primary reference  1       N                          0 .. (+120 if replace)  0 ..
+video              T       N + (0 if replace else 1)  0 ..                    0 ..
+driving (pose)     T       as video                   0 ..                    120 .. (then 2x2 average pooled)
+=================  ======  =========================  ======================  ================================
 
 The driving stream is built at the video token resolution and average-pooled 2x2 (real and imaginary parts
 separately), which leaves multipliers with magnitude below one; the official model does exactly this and the
