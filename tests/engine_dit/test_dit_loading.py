@@ -4,7 +4,6 @@ clear errors for missing, unexpected, mis-shaped, truncated and foreign files.""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +22,6 @@ from backend.scail2.dit_keys import (
 from backend.scail2.errors import CheckpointError
 from backend.scail2.transformer_scail2 import SCAIL2Transformer, config_from_official
 
-FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "parity" / "dit"
 TINY = {
     "dim": 32,
     "ffn_dim": 48,
@@ -116,8 +114,9 @@ def test_key_maps_round_trip():
     assert wan_to_internal("vae.decoder.conv.weight") is None
 
 
-def test_fixture_key_set_is_the_official_one():
-    config = json.loads((FIXTURE / "config.json").read_text())
+def test_fixture_key_set_is_the_official_one(parity_root):
+    fixture = parity_root / "dit"
+    config = json.loads((fixture / "config.json").read_text())
     args = config["constructor_args"]
     expected = official_wan_shapes(
         dim=args["dim"],
@@ -127,7 +126,7 @@ def test_fixture_key_set_is_the_official_one():
         freq_dim=args["freq_dim"],
         clip_dim=config["clip_dim"],
     )
-    stored = {k: tuple(v.shape) for k, v in load_file(str(FIXTURE / "state_dict.safetensors")).items()}
+    stored = {k: tuple(v.shape) for k, v in load_file(str(fixture / "state_dict.safetensors")).items()}
     assert stored == expected
 
 

@@ -21,9 +21,6 @@ from backend.scail2.dit_keys import official_wan_shapes
 from backend.scail2.errors import CheckpointError
 from backend.scail2.parity_dit import check_dit_fixture
 
-FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "parity" / "dit"
-
-
 # --- an independent transcription of the official SCAIL2Model.forward ---------------------------------------
 
 
@@ -241,9 +238,10 @@ def perturbed_set(tmp_path_factory) -> Path:
 # --- tests ----------------------------------------------------------------------------------------------------
 
 
-def test_shared_dit_fixture_passes():
-    records = check_dit_fixture(FIXTURE)
-    config = json.loads((FIXTURE / "config.json").read_text())
+def test_shared_dit_fixture_passes(parity_root):
+    fixture = parity_root / "dit"
+    records = check_dit_fixture(fixture)
+    config = json.loads((fixture / "config.json").read_text())
     assert [r["case"] for r in records] == list(config["cases"])
     for record in records:
         assert record["set"] == "dit" and record["tol"] == 1e-4
@@ -251,12 +249,13 @@ def test_shared_dit_fixture_passes():
         assert record["max_rel_err"] < 1e-5, record
 
 
-def test_transcription_of_the_official_forward_matches_the_fixture():
+def test_transcription_of_the_official_forward_matches_the_fixture(parity_root):
+    fixture = parity_root / "dit"
     """The oracle used for the generated set reproduces the golden outputs (so it is trustworthy)."""
-    config = json.loads((FIXTURE / "config.json").read_text())
-    sd = load_file(str(FIXTURE / "state_dict.safetensors"))
+    config = json.loads((fixture / "config.json").read_text())
+    sd = load_file(str(fixture / "state_dict.safetensors"))
     for case in config["cases"].values():
-        tensors = load_file(str(FIXTURE / case["file"]))
+        tensors = load_file(str(fixture / case["file"]))
         with torch.no_grad():
             out = _official_forward(
                 sd, config["constructor_args"], config["clip_dim"], tensors, case["replace_flag"]

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from backend.scail2.rope import TokenLayout, scail2_rope_multipliers, scail2_rope_tables
 
-FIXTURE = Path(__file__).resolve().parents[2].parent / "shared" / "parity" / "dit"
 
-
-def test_multipliers_match_the_official_ones_per_token():
-    config = json.loads((FIXTURE / "config.json").read_text())
+def test_multipliers_match_the_official_ones_per_token(parity_root):
+    fixture = parity_root / "dit"
+    config = json.loads((fixture / "config.json").read_text())
     head_dim = config["constructor_args"]["dim"] // config["constructor_args"]["num_heads"]
     for case in config["cases"].values():
-        tensors = load_file(str(FIXTURE / case["file"]), device="cpu")
+        tensors = load_file(str(fixture / case["file"]), device="cpu")
         frames, height, width = tensors["x"].shape[1:]
         layout = TokenLayout(frames, height // 2, width // 2, case["n_add"], case["replace_flag"])
         tokens = case["tokens"]
