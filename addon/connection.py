@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import subprocess
+import tempfile
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -75,6 +77,9 @@ def resolve_target(context=None, server_key: str | None = None) -> BackendTarget
             token = override[1]
         else:
             token = prefs.remote_token if prefs.remote_url.rstrip("/") == server_key.rstrip("/") else ""
+            for server in prefs.servers:  # the batch servers' list (addon/servers.py)
+                if server.url.strip().rstrip("/") == server_key.rstrip("/"):
+                    token = server.token
             token = os.environ.get("SCAIL_TOKEN", token)
         check_online_access(server_key)
         return BackendTarget(server_key, token, server_key, timeout)
@@ -99,6 +104,24 @@ def make_client(target: BackendTarget):
 
     # Few retries: a dead worker should turn into a message within seconds, not minutes.
     return WorkerClient(target.url, token=target.token, timeout=target.timeout, retries=3, backoff=0.5)
+
+
+def find_backend(python_exe: str) -> str:
+    """The folder holding the ``backend`` package in ``python_exe``'s environment (raises if it has none)."""
+    probe = ("import importlib.util, os, backend; "
+             "assert importlib.util.find_spec('backend.worker') is not None, 'backend.worker missing'; "
+             "print(os.path.dirname(os.path.dirname(os.path.abspath(backend.__file__))))")
+    try:
+        # From a neutral folder, so the current directory cannot supply a ``backend`` package.
+        result = subprocess.run([python_exe, "-c", probe], capture_output=True, text=True, timeout=60,
+                                cwd=tempfile.gettempdir())
+    except OSError as error:
+        raise BackendUnavailable(f"cannot run the Python at {python_exe}: {error}") from None
+    if result.returncode != 0 or not result.stdout.strip():
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BackendUnavailable(f"the Python at {python_exe} has no SCAIL backend installed ({last}); install it "
+                                 "there with pip install -e <scail-motion folder>, or pick another environment")
+    return result.stdout.strip().splitlines()[-1]
 
 
 class LocalWorkerManager:
@@ -130,10 +153,16 @@ class LocalWorkerManager:
             if self.state in {"starting", "ready"} and self._worker is not None:
                 return self._worker
             self.state, self.message, self.health = "starting", "", {}
-            worker = LocalWorker(python_exe=python_exe, checkpoint=checkpoint, data_dir=data_dir,
-                                 device=device, log_path=log_path)
-            self._worker = worker
         try:
+            backend_root = find_backend(python_exe)
+            # The launcher puts this extension's folder first on the worker's PYTHONPATH; its backend/ holds
+            # only the client and the launcher (a namespace package), so the full backend of the chosen
+            # environment must be named explicitly or an editable install would be shadowed.
+            path = os.pathsep.join(p for p in (backend_root, os.environ.get("PYTHONPATH", "")) if p)
+            worker = LocalWorker(python_exe=python_exe, checkpoint=checkpoint, data_dir=data_dir,
+                                 device=device, log_path=log_path, env={"PYTHONPATH": path})
+            with self._lock:
+                self._worker = worker
             worker.start()
         except Exception as error:  # noqa: BLE001 - any failure is shown to the user as is
             tail = [line for line in getattr(error, "log_tail", "").splitlines() if line.strip()][-3:]

@@ -188,10 +188,12 @@ def _driving_inputs(scene, inputs: str, files: dict[str, str], size) -> tuple[st
     return mask_mode, frame_range, fps
 
 
-def prepare_job(scene, context=None) -> tuple[object, jobs.JobTask, list[str]]:
-    """Resolve the worker, write every input under ``//scail/<job>/inputs/`` and add the job to the list."""
+def prepare_job(scene, context=None, target: connection.BackendTarget | None = None
+                ) -> tuple[object, jobs.JobTask, list[str]]:
+    """Resolve the worker (unless ``target`` is given, e.g. by the batch), write every input under
+    ``//scail/<job>/inputs/`` and add the job to the list."""
     settings = scene.scail
-    target = connection.resolve_target(context)
+    target = target or connection.resolve_target(context)
     warnings: list[str] = []
     key = jobs.new_key()
     folder, warning = paths.job_dir(key)

@@ -28,6 +28,14 @@ def setup_generation(scene, frames: int = 5) -> None:
     assert bpy.ops.scail.probe_driving() == {"FINISHED"}
 
 
+def submit_blocker(scene, pkg) -> str:
+    """Queue a longer job straight on the worker, so the next job waits behind it (the worker runs one at a time)."""
+    _job, task, _warnings = pkg.addon.workflow.prepare_job(scene)
+    scene.scail.jobs.remove(len(scene.scail.jobs) - 1)
+    spec = dict(task.spec, frame_range=[0, 17], size="256x192")
+    return pkg.addon.connection.make_client(task.target).submit(spec, task.files)
+
+
 def test_generate_imports_exactly_the_returned_frames(scene, local_worker, pkg, tmp_path):
     setup_generation(scene)
     assert bpy.ops.scail.generate() == {"FINISHED"}
@@ -73,6 +81,7 @@ def test_reopening_restores_the_job_list(scene, local_worker, tmp_path):
 
 def test_results_that_finish_while_closed_are_fetched_on_load(scene, local_worker, pkg):
     setup_generation(scene, frames=3)
+    submit_blocker(scene, pkg)
     assert bpy.ops.scail.generate(wait=False) == {"FINISHED"}
     job = scene.scail.jobs[-1]
     assert job.job_id and job.status in {"queued", "running"}
@@ -109,11 +118,12 @@ def test_deleted_output_folder_is_reported_and_downloaded_again(scene, local_wor
     assert not os.path.isdir(os.path.join(folder, "frames"))
 
 
-def test_cancel_stops_a_job(scene, local_worker):
-    setup_generation(scene, frames=9)
-    scene.scail.steps = 8
+def test_cancel_stops_a_job(scene, local_worker, pkg):
+    setup_generation(scene, frames=3)
+    blocker = submit_blocker(scene, pkg)
     assert bpy.ops.scail.generate(wait=False) == {"FINISHED"}
     job = scene.scail.jobs[-1]
+    assert job.status == "queued"
     assert bpy.ops.scail.cancel() == {"FINISHED"}
     deadline = time.monotonic() + 300
     while job.status not in {"canceled", "succeeded", "failed"} and time.monotonic() < deadline:
@@ -121,6 +131,7 @@ def test_cancel_stops_a_job(scene, local_worker):
         bpy.ops.scail.jobs_refresh()
     assert job.status == "canceled", (job.status, job.message)
     assert not os.path.isdir(os.path.join(bpy.path.abspath(job.output_dir), "frames"))
+    pkg.addon.connection.make_client(pkg.addon.connection.resolve_target()).cancel(blocker)
 
 
 def test_delete_job_removes_everything(scene, local_worker):

@@ -64,9 +64,8 @@ if INNER:
     def local_worker(addon, tiny_checkpoint_dir, tmp_path_factory):
         """The add-on's own local worker on the tiny checkpoint, started through its preferences and operator.
 
-        The test environment runs the backend from the source tree, so the worker finds it on PYTHONPATH.
+        The worker runs with this environment's Python, where ``make setup`` installed the backend.
         """
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
         prefs = bpy.context.preferences.addons[addon].preferences
         prefs.backend = "LOCAL"
         prefs.python_path = sys.executable

@@ -1,0 +1,1 @@
+"""``make demo``: the headless end-to-end run (``python -m demo.run_demo``)."""
