@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .accel import load_module, park_module
 from .conditioning import GenerationRequest, PreparedInputs, prepare_inputs
 from .errors import CheckpointError, GenerationCancelled, Scail2InputError
 from .image_encoder import ClipImageEncoder
@@ -285,15 +286,17 @@ class Scail2Pipeline:
     # ------------------------------------------------------------------------------------------- encoders
 
     def _park_encoders(self) -> None:
+        # Weights wait in one pinned host buffer (accel.park_module): parking drops the device copy without
+        # copying back, and the next job loads them in one transfer instead of per-tensor pageable copies.
         for encoder in (self.text_encoder, self.image_encoder):
             if encoder is not None and encoder.device.type != "cpu":
-                encoder.model.to("cpu")
+                park_module(encoder.model)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
     def _encoder_on_device(self, encoder):
         if self.offload_encoders and encoder.device != self.device:
-            encoder.model.to(self.device)
+            load_module(encoder.model, self.device)
         return encoder
 
     @torch.no_grad()
