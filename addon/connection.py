@@ -77,7 +77,7 @@ def resolve_target(context=None, server_key: str | None = None) -> BackendTarget
             token = override[1]
         else:
             token = prefs.remote_token if prefs.remote_url.rstrip("/") == server_key.rstrip("/") else ""
-            for server in prefs.servers:  # the batch servers' list (addon/servers.py)
+            for server in getattr(prefs, "servers", ()):  # the batch servers' list (addon/servers.py)
                 if server.url.strip().rstrip("/") == server_key.rstrip("/"):
                     token = server.token
             token = os.environ.get("SCAIL_TOKEN", token)
