@@ -37,7 +37,7 @@ class SCAIL_OT_render_extra_views(bpy.types.Operator):
         def action():
             count = workflow.render_extra_views(context.scene)
             if count == 0:
-                self.report({"WARNING"}, "no extra view has a camera")
+                self.report({"ERROR"}, "no extra view has a camera: add one and pick its camera")
                 return {"CANCELLED"}
             self.report({"INFO"}, f"Rendered {count} extra view(s)")
             return {"FINISHED"}
