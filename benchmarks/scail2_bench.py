@@ -203,11 +203,15 @@ def rel_err(value: torch.Tensor, reference: torch.Tensor) -> float:
     return float((value - reference).norm() / reference.norm().clamp(min=1e-30))
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int, int | None]:
+    """"HxW" or "HxW*R" (R timed repeats after the warm-up, overriding the default for that size)."""
+    text, _, repeats = text.partition("*")
+    if repeats and not repeats.isdigit():
+        raise argparse.ArgumentTypeError(f"repeat count in {text!r}*{repeats!r} must be an integer")
     height, _, width = text.lower().partition("x")
     if not (height.isdigit() and width.isdigit()) or int(height) % 32 or int(width) % 32:
         raise argparse.ArgumentTypeError(f"size {text!r} must be HEIGHTxWIDTH with both multiples of 32")
-    return int(height), int(width)
+    return int(height), int(width), int(repeats) if repeats else None
 
 
 # ----------------------------------------------------------------------------------------------- cases
@@ -294,6 +298,54 @@ def time_window(pipe: Scail2Pipeline, request: GenerationRequest, device: torch.
     }
 
 
+def time_stages(pipe: Scail2Pipeline, request: GenerationRequest, device: torch.device) -> dict[str, Any]:
+    """Each non-DiT stage of a window on its own, synchronised: where the time outside the forwards goes."""
+    from backend.scail2.conditioning import prepare_inputs
+    from backend.scail2.masks import halve_bilinear
+    from backend.scail2.pipeline import frames_to_uint8
+
+    def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        begin = time.perf_counter()
+        result = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return round(time.perf_counter() - begin, 3), result
+
+    stages: dict[str, float] = {}
+    stages["prepare_inputs_cpu"], prepared = timed(lambda: prepare_inputs(request))
+    encoder = pipe.text_encoder
+    if pipe.offload_encoders:
+        stages["t5_load"], _ = timed(lambda: pipe._encoder_on_device(encoder))
+    stages["t5_encode"], _ = timed(lambda: encoder.encode([request.prompt]))
+    reference = torch.from_numpy(prepared.reference).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    stages["clip_load_encode"], _ = timed(lambda: pipe.encode_image(reference))
+    if pipe.offload_encoders:
+        stages["encoders_park"], _ = timed(pipe._park_encoders)
+    stages["vae_encode_reference"], _ = timed(lambda: pipe.vae.encode(reference[:, None].to(device)))
+    driving = torch.from_numpy(prepared.driving[:FRAMES]).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    pose = halve_bilinear(driving).permute(1, 0, 2, 3)
+    stages["vae_encode_driving_half_res"], _ = timed(lambda: pipe.vae.encode(pose.to(device)))
+    height, width = prepared.height, prepared.width
+    latents = torch.randn(16, 1 + (FRAMES - 1) // 4, height // 8, width // 8, device=device)
+    stages["vae_decode"], video = timed(lambda: pipe.vae.decode(latents))
+    stages["frames_to_uint8"], _ = timed(lambda: frames_to_uint8(video))
+    return {"stages_s": stages, "seconds": round(sum(stages.values()), 3), "_output": None}
+
+
+def profile_forward(model, inputs, device, path: Path) -> None:
+    """One profiled forward: the top CUDA kernels by time go to the log and to `path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        model(**inputs)
+        torch.cuda.synchronize(device)
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
+    print(table, flush=True)
+    path.write_text(table)
+
+
 # ----------------------------------------------------------------------------------------------- driver
 
 
@@ -336,6 +388,9 @@ def run_case(recorder: Recorder, case: dict[str, Any], fn: Callable[[], dict[str
         return
     output = result.pop("_output")
     key = (case["kind"], case["height"], case["width"])
+    if output is None:
+        recorder.add({**case, **result})
+        return
     if case["dtype"] == "bf16" and case.get("mode", "resident") == "resident":
         references[key] = output
         result["rel_err_vs_bf16"] = 0.0
@@ -356,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="after the resident bf16 cases, stream the blocks from pinned host memory under "
                              "--memory-cap-gib and repeat them")
     parser.add_argument("--memory-cap-gib", type=float, default=23.5, help="allocator cap of the low-VRAM pass")
+    parser.add_argument("--low-vram-window", type=sizes, default=None,
+                        help="window sizes of the low-VRAM pass (default: --window)")
+    parser.add_argument("--stages", action="store_true", help="also time each non-DiT stage of a window")
+    parser.add_argument("--profile", action="store_true", help="profile one forward at the first --forward size")
     parser.add_argument("--low-vram-vae-tiling", default="settings", choices=("settings", "on", "off", "both"))
     parser.add_argument("--attention-backend", default="auto")
     parser.add_argument("--no-compile", action="store_true")
@@ -399,16 +458,21 @@ def main(argv: list[str] | None = None) -> int:
     pipe: Scail2Pipeline | None = None
 
     def forward_cases(precision: str, mode: str) -> None:
-        for height, width in args.forward:
+        for index, (height, width, repeats) in enumerate(args.forward):
             inputs = forward_inputs(transformer, height, width, device, seed=height + width)
             case = {**base, "kind": "forward", "height": height, "width": width, "dtype": precision,
                     "mode": mode, "settings": state.to_dict()}
-            run_case(recorder, case, lambda inputs=inputs: time_forward(transformer, inputs, device, args.repeats), references)
+            count = args.repeats if repeats is None else repeats
+            run_case(recorder, case, lambda inputs=inputs, count=count: time_forward(
+                transformer, inputs, device, count), references)
+            if args.profile and index == 0 and device.type == "cuda":
+                profile_forward(transformer, inputs, device,
+                                args.out.with_name(f"{args.out.stem}_profile_{precision}_{mode}.txt"))
             del inputs
 
-    def window_cases(precision: str, mode: str) -> None:
+    def window_cases(precision: str, mode: str, window_sizes) -> None:
         nonlocal pipe
-        if not args.window:
+        if not window_sizes:
             return
         if pipe is None:
             with tempfile.TemporaryDirectory() as tokenizer_dir:
@@ -422,14 +486,19 @@ def main(argv: list[str] | None = None) -> int:
             pipe.vae.model.enable_tiling()
         else:
             pipe.vae.model.disable_tiling()
-        for height, width in args.window:
+        for height, width, repeats in window_sizes:
             request = window_request(height, width, seed=7)
             case = {**base, "kind": "window", "preset": "fast", "steps": 6, "height": height, "width": width,
                     "dtype": precision, "mode": mode, "settings": state.to_dict()}
-            run_case(recorder, case, lambda request=request: time_window(pipe, request, device, args.window_repeats), references)
+            count = args.window_repeats if repeats is None else repeats
+            run_case(recorder, case, lambda request=request, count=count: time_window(
+                pipe, request, device, count), references)
+            if args.stages:
+                run_case(recorder, {**case, "kind": "stages"},
+                         lambda request=request: time_stages(pipe, request, device), references)
 
     forward_cases("bf16", "resident")
-    window_cases("bf16", "resident")
+    window_cases("bf16", "resident", args.window)
 
     if args.low_vram:
         # Same model, now streamed: outputs must equal the resident run's (rel_err_vs_bf16 ~ 0).
@@ -444,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         for tiling in tilings[args.low_vram_vae_tiling]:
             state.settings = dataclasses.replace(low, vae_tiling=tiling)
             forward_cases("bf16", "low_vram")
-            window_cases("bf16", "low_vram")
+            window_cases("bf16", "low_vram", args.window if args.low_vram_window is None else args.low_vram_window)
             args.forward = []  # forwards do not use the VAE: once is enough
 
     if args.fp8:
@@ -459,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         base["fp8_convert_s"] = round(time.perf_counter() - begin, 1)
         base["attention_backend_resolved"] = state.attention_backend
         forward_cases("fp8", "resident")
-        window_cases("fp8", "resident")
+        window_cases("fp8", "resident", args.window)
 
     print_table(recorder.records)
     return 0
