@@ -128,7 +128,6 @@ class WorkerClient:
         if session is None:
             session = requests.Session()
             session.headers.update(self._headers)
-            session.verify = self._verify
             self._local.session = session
         return session
 
@@ -157,8 +156,12 @@ class WorkerClient:
             if make_kwargs is not None:
                 call_kwargs.update(make_kwargs())
             try:
+                # verify per request: a session-level value would lose to REQUESTS_CA_BUNDLE from the environment.
                 response = self._session.request(method, self._url(path), timeout=self.timeout, stream=stream,
-                                                 **call_kwargs)
+                                                 verify=self._verify, **call_kwargs)
+            except requests.exceptions.SSLError as exc:
+                raise WorkerUnreachable(f"TLS with {self.base_url} failed: {exc}. For a self-signed worker pass "
+                                        "verify='/path/to/cert.pem'") from exc
             except (requests.ConnectionError, requests.Timeout) as exc:
                 last = exc
                 continue

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -120,7 +120,10 @@ def create_app(
     guard: TokenGuard,
     limits: UploadLimits,
     info: WorkerInfo,
+    masks: Any = None,
 ) -> FastAPI:
+    """``masks`` is the worker's ``backend.masks.service.MaskService`` (``--sam3``): it enables 'auto' mask
+    sources and ``POST /v1/masks``."""
     app = FastAPI(
         title="SCAIL-2 worker",
         version=info.version,
@@ -178,7 +181,7 @@ def create_app(
             queue=store.counts(),
             limits={"max_upload_mb": limits.max_upload_bytes / 2**20, "max_frames": limits.max_frames,
                     "max_seconds": limits.max_seconds, "max_side": limits.max_side},
-            features={"auto_masks": False, "range_downloads": True, "idempotency_keys": True},
+            features={"auto_masks": masks is not None, "range_downloads": True, "idempotency_keys": True},
         )
 
     # -- submission --
@@ -219,7 +222,8 @@ def create_app(
             for field_name, upload in uploads.items():
                 name, digest, _ = await run_in_threadpool(store_upload, upload.file, field_name, staging)
                 files[field_name], digests[field_name] = name, digest
-            resolve_mask_sources(spec, files)
+            sources = resolve_mask_sources(spec, files, auto_masks=masks is not None)
+            fill_masks = _shape_only_masks([role for role, source in sources.items() if source == "auto"])
             request_hash = hashlib.sha256(
                 json.dumps({"spec": raw_spec, "files": digests}, sort_keys=True).encode()
             ).hexdigest()
@@ -230,7 +234,7 @@ def create_app(
                     return _created(_check_same(existing, request_hash), created=False)
             async with validation_slots:
                 await run_in_threadpool(build_request, spec, files, staging, limits,
-                                        runner.pipeline.available_loras())
+                                        runner.pipeline.available_loras(), fill_masks)
             stored_spec = spec.model_dump(mode="json")
             if stored_spec["seed"] is None:
                 # Fixed now, so a restarted job continues with the noise it started with.
@@ -260,6 +264,73 @@ def create_app(
     def _created(job: JobRecord, created: bool) -> JSONResponse:
         body = JobCreated(id=job.id, status=job.status, created=created, links=_links(job.id))  # type: ignore[arg-type]
         return JSONResponse(body.model_dump(), status_code=201 if created else 200)
+
+    # -- mask preview --
+
+    @app.post(f"/{API_VERSION}/masks", response_class=Response,
+              responses={200: {"content": {"application/zip": {}}}, 409: {"model": ErrorResponse}})
+    async def preview_masks(request: Request, authorization: Authorization = None) -> Response:
+        """Multipart: a JSON ``spec`` (``MaskPreviewSpec``) and ``reference`` and/or ``driving`` files. Returns a zip
+        with ``reference_mask.png``, ``driving_mask/frame_NNNNN.png`` and ``masks.json`` (identities, warnings)."""
+        authorize(authorization)
+        if masks is None:
+            raise ApiError(409, "auto_masks_unavailable", "this worker has no SAM3: start it with --sam3 DIR (the "
+                           "facebook/sam3 folder) to preview automatic masks", "spec")
+        from backend.masks.options import MaskPreviewSpec
+        from backend.masks.service import settings_from_spec, write_preview_zip
+        from backend.scail2.errors import CheckpointError, Scail2InputError
+
+        from .uploads import engine_error, load_preview_inputs
+
+        length = request.headers.get("content-length")
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise ApiError(415, "unsupported_media_type", "send multipart/form-data with a JSON 'spec' field and "
+                           "'reference' and/or 'driving' files", "Content-Type")
+        if length is None or not length.isdigit() or int(length) > limits.max_upload_bytes:
+            raise ApiError(413, "too_large", f"send a Content-Length of at most {limits.max_upload_bytes / 2**20:.0f} "
+                           "MiB", "files")
+        try:
+            form = await request.form(max_files=2, max_fields=2, max_part_size=MAX_SPEC_BYTES)
+        except Exception as exc:  # multipart parse errors come in several types
+            raise ApiError(400, "malformed_body", f"could not parse the multipart body ({exc})", "body") from exc
+        staging = store.new_staging_dir()
+        try:
+            raw, uploads = None, {}
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    uploads[canonical_field(key)] = value
+                elif key == "spec":
+                    raw = value
+                else:
+                    raise invalid("body", "unknown form field; send a JSON 'spec' field and file fields", 400)
+            try:
+                spec = MaskPreviewSpec.model_validate_json(raw or "{}")
+                settings = settings_from_spec(spec)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise invalid(_validation_field(first, "spec"),
+                              str(first.get("msg", "invalid value")).removeprefix("Value error, ")) from exc
+            except Scail2InputError as exc:
+                raise invalid(f"spec.{exc.field}" if exc.field else "spec", str(exc)) from exc
+            files = {}
+            for field_name, upload in uploads.items():
+                files[field_name] = (await run_in_threadpool(store_upload, upload.file, field_name, staging))[0]
+            async with validation_slots:
+                reference, driving = await run_in_threadpool(load_preview_inputs, spec, files, staging, limits)
+            try:
+                result = await run_in_threadpool(masks.make, settings, reference, driving)
+            except CheckpointError as exc:
+                raise ApiError(503, "sam3_unavailable", f"SAM3 failed to load: {exc}", None) from exc
+            except Scail2InputError as exc:
+                raise engine_error(exc, staging, files) from exc
+            archive = await run_in_threadpool(write_preview_zip, result, staging / "masks.zip")
+            body = archive.read_bytes()
+        finally:
+            await form.close()
+            discard(staging)
+        log.info("masks previewed", extra={"files": sorted(files), "warnings": len(result.warnings)})
+        return Response(body, media_type="application/zip",
+                        headers={"Content-Disposition": 'attachment; filename="masks.zip"'})
 
     # -- jobs --
 
@@ -412,3 +483,13 @@ def _gpu_info(device: str) -> dict[str, Any] | None:
         "memory_allocated_mb": torch.cuda.memory_allocated(index) // 2**20,
         "memory_reserved_mb": torch.cuda.memory_reserved(index) // 2**20,
     }
+
+
+def _shape_only_masks(roles: list[str]) -> Any:
+    """For validating a submission with 'auto' masks: stand-in masks of the inputs' own shape (see
+    ``backend.masks.service.shape_only_masks``); the real ones are made by SAM3 when the job runs."""
+    if not roles:
+        return None
+    from backend.masks.service import shape_only_masks
+
+    return lambda request: shape_only_masks(request, roles)

@@ -12,6 +12,7 @@ Exit codes: 0 after a clean stop (SIGINT/SIGTERM: the running job is put back in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import socket
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="disk budget for job files; oldest finished jobs go first (0: no budget)")
     serve.add_argument("--exit-with-parent", type=int, default=None, metavar="PID",
                        help="stop when process PID (the launcher, e.g. Blender) is gone")
+    serve.add_argument("--sam3", type=Path, default=None,
+                       help="SAM3 weights folder (facebook/sam3 layout): enables 'auto' masks and POST /v1/masks")
     serve.add_argument("--log-file", type=Path, default=None, help="also write the JSON log lines here")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
@@ -76,6 +79,26 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
+
+
+def _make_server(config):
+    """A uvicorn server that returns from ``run`` after SIGTERM/SIGINT instead of re-raising the signal.
+
+    uvicorn re-raises a captured signal once it has shut down gracefully, which would end the process before
+    ``serve`` stops the runner (and requeues the running job) and returns 0.
+    """
+    import uvicorn
+
+    class WorkerServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self._captured_signals.clear()
+
+    return WorkerServer(config)
 
 
 def _process_alive(pid: int) -> bool:
@@ -128,6 +151,14 @@ def serve(args: argparse.Namespace) -> int:
 
     device = args.device
     dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    masks = None
+    if args.sam3 is not None:  # checked before the (slow) model load; SAM3 itself loads on first use
+        from backend.masks.service import MaskService
+
+        try:
+            masks = MaskService(args.sam3, device=device, dtype=getattr(torch, dtype_name))
+        except CheckpointError as exc:
+            return _fail(f"--sam3: {exc}", 3)
     store = JobStore(args.data)
     store.recover()
     log.info("loading checkpoint", extra={"checkpoint": str(args.checkpoint), "device": device, "dtype": dtype_name,
@@ -154,10 +185,10 @@ def serve(args: argparse.Namespace) -> int:
 
     limits = UploadLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_frames=args.max_frames,
                           max_seconds=args.max_seconds, max_side=args.max_side)
-    runner = JobRunner(store, pipeline, limits, device)
+    runner = JobRunner(store, pipeline, limits, device, masks=masks)
     info = WorkerInfo(version=version, device=device, checkpoint=str(args.checkpoint.resolve()), dtype=dtype_name,
                       loras=sorted(pipeline.available_loras()))
-    app = create_app(store, runner, guard, limits, info)
+    app = create_app(store, runner, guard, limits, info, masks=masks)
     try:
         sock = _bind(args.host, args.port)
     except OSError as exc:
@@ -177,7 +208,7 @@ def serve(args: argparse.Namespace) -> int:
         timeout_keep_alive=30,
         limit_concurrency=512,
     )
-    server = uvicorn.Server(config)
+    server = _make_server(config)
     retention_stop = threading.Event()
 
     def announce_when_listening() -> None:

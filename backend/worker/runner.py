@@ -27,7 +27,7 @@ import numpy as np
 
 from .schemas import JobSpec
 from .store import JobRecord, JobStore, write_json_atomic
-from .uploads import UploadLimits, build_request
+from .uploads import UploadLimits, build_request, resolve_mask_sources
 
 log = logging.getLogger("scail.worker.runner")
 
@@ -174,11 +174,12 @@ def _fraction(window: int | None, num_windows: int | None, step: int | None, num
 class JobRunner:
     """Owns the pipeline; runs one job at a time on its own thread."""
 
-    def __init__(self, store: JobStore, pipeline: Any, limits: UploadLimits, device: str):
+    def __init__(self, store: JobStore, pipeline: Any, limits: UploadLimits, device: str, masks: Any = None):
         self.store = store
         self.pipeline = pipeline
         self.limits = limits
         self.device = device
+        self.masks = masks  # backend.masks.service.MaskService for 'auto' masks (--sam3), or None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._cancel = threading.Event()
@@ -237,6 +238,33 @@ class JobRunner:
             raise WorkerShutdown()
         return self._cancel.is_set()
 
+    def _auto_masks(self, job: JobRecord, spec: JobSpec, tracker: _ProgressTracker) -> Any:
+        """The ``fill_masks`` step of a job whose masks are 'auto': a "masks" phase run by SAM3, or None."""
+        roles = [role for role, source in resolve_mask_sources(spec, job.inputs, auto_masks=True).items()
+                 if source == "auto"]
+        if not roles:
+            return None
+
+        def fill(request: Any) -> Any:
+            from types import SimpleNamespace
+
+            from backend.masks.service import settings_from_spec
+            from backend.scail2 import CheckpointError
+
+            if self.masks is None:
+                raise CheckpointError("this job asks for 'auto' masks but the worker has no SAM3; restart it with "
+                                      "--sam3 DIR or resubmit with mask files")
+            tracker.set_phase("masks")
+            self.store.update_progress(job.id, phase="masks")
+
+            def progress(done: int, total: int) -> None:
+                tracker(SimpleNamespace(phase="masks", window=None, num_windows=None, step=done, num_steps=total))
+
+            return self.masks.fill_request(request, roles, settings_from_spec(spec),
+                                           cache_dir=self.store.job_dir(job.id) / "masks", progress=progress)
+
+        return fill
+
     def _run(self, job: JobRecord) -> None:
         from backend.scail2 import CheckpointError, GenerationCancelled, Scail2InputError
 
@@ -258,7 +286,8 @@ class JobRunner:
             tracker.set_phase("decoding")
             self.store.update_progress(job.id, phase="decoding")
             request, prepared = build_request(spec, job.inputs, job_dir / "inputs", self.limits,
-                                              self.pipeline.available_loras())
+                                              self.pipeline.available_loras(),
+                                              fill_masks=self._auto_masks(job, spec, tracker))
             summary = _settings_summary(spec, request, prepared)
             window_type = _window_type()
             resume = [window_type.load(path) for _, path in self.store.finished_windows(job.id)]

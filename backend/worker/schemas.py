@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from backend.masks.options import MaskOptions
+
 PRESETS = ("fast", "balanced", "quality")
 SAMPLERS = ("unipc", "dpm++", "euler")
 NAMED_SIZES = ("512p", "704p")
@@ -24,8 +26,11 @@ FINISHED_STATUSES = ("succeeded", "failed", "canceled")
 MaskSource = Literal["alpha", "file", "auto"]
 
 
-class JobSpec(BaseModel):
-    """What to generate. Unknown keys are refused so that a typo never silently falls back to a default."""
+class JobSpec(MaskOptions):
+    """What to generate. Unknown keys are refused so that a typo never silently falls back to a default.
+
+    The ``mask_*`` fields (from ``MaskOptions``) steer the masks of ``"auto"`` mask sources (``--sam3`` workers).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -50,10 +55,12 @@ class JobSpec(BaseModel):
         "Shorter windows need less GPU memory but give the model less temporal context",
     )
     reference_mask: MaskSource | None = Field(
-        None, description="'alpha', 'file' or 'auto'; default: 'file' when a reference_mask file is sent, else 'alpha'"
+        None, description="'alpha', 'file' or 'auto' (SAM3, on --sam3 workers); default: 'file' when a "
+        "reference_mask file is sent, else 'alpha'"
     )
     driving_mask: MaskSource | None = Field(
-        None, description="'alpha', 'file' or 'auto'; default: 'file' when a driving_mask file is sent, else 'alpha'"
+        None, description="'alpha', 'file' or 'auto' (SAM3, on --sam3 workers); default: 'file' when a "
+        "driving_mask file is sent, else 'alpha'"
     )
 
     @field_validator("size")

@@ -19,7 +19,7 @@ import hashlib
 import re
 import shutil
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -104,8 +104,10 @@ def store_upload(source: BinaryIO, field: str, folder: Path) -> tuple[str, str, 
     return name, digest.hexdigest(), size
 
 
-def resolve_mask_sources(spec: JobSpec, files: Mapping[str, Any]) -> dict[str, str]:
-    """'alpha' | 'file' | 'auto' for the reference and driving masks, checked against the files sent."""
+def resolve_mask_sources(spec: JobSpec, files: Mapping[str, Any], auto_masks: bool = False) -> dict[str, str]:
+    """'alpha' | 'file' | 'auto' for the reference and driving masks, checked against the files sent.
+
+    'auto' is accepted only when the worker has SAM3 (``auto_masks``, from ``--sam3 DIR``)."""
     sources: dict[str, str] = {}
     for role in ("reference_mask", "driving_mask"):
         chosen = getattr(spec, role)
@@ -116,7 +118,7 @@ def resolve_mask_sources(spec: JobSpec, files: Mapping[str, Any]) -> dict[str, s
             raise invalid(f"spec.{role}", f"{role} is 'file' but no '{role}' file field was sent")
         if chosen != "file" and sent:
             raise invalid(f"spec.{role}", f"a '{role}' file was sent but {role} is {chosen!r}; set it to 'file'")
-        if chosen == "auto":
+        if chosen == "auto" and not auto_masks:
             raise invalid(f"spec.{role}", "automatic masks need the worker started with --sam3 DIR (the SAM3 "
                           "checkpoint folder); send a mask file or an RGBA input whose alpha marks the subject")
         sources[role] = chosen
@@ -200,11 +202,12 @@ def _slice_frames(clip, frame_range: tuple[int, int] | None, field: str):
 
 
 def build_request(spec: JobSpec, inputs: Mapping[str, str], folder: Path, limits: UploadLimits,
-                  available_loras: Mapping[str, object]):
+                  available_loras: Mapping[str, object], fill_masks: Callable[[Any], Any] | None = None):
     """Decode the stored files of a job and build the engine's ``GenerationRequest``, validated.
 
     ``inputs`` maps file fields to their stored names in ``folder``. Raises ``ApiError`` (422/413) naming the
     field on any problem; the returned request has passed the engine's own ``prepare_inputs`` checks.
+    ``fill_masks`` supplies the masks of 'auto' mask sources (``backend.masks.service``) before that check.
     """
     from backend.scail2.conditioning import ExtraReference, GenerationRequest, prepare_inputs
     from backend.scail2.errors import Scail2InputError
@@ -266,6 +269,8 @@ def build_request(spec: JobSpec, inputs: Mapping[str, str], folder: Path, limits
         )
         if spec.segment_len is not None:
             request.segment_len = spec.segment_len
+        if fill_masks is not None:
+            request = fill_masks(request)
         check_loras_available(request.effective_loras, available_loras, spec.preset if spec.loras is None else None)
         prepared = prepare_inputs(request)
         Scail2Pipeline.plan_windows(prepared.num_frames, request)  # window lengths are checked here
@@ -275,6 +280,28 @@ def build_request(spec: JobSpec, inputs: Mapping[str, str], folder: Path, limits
         raise invalid("spec.size", f"{prepared.width}x{prepared.height} exceeds this worker's {limits.max_side}-"
                       "pixel side limit")
     return request, prepared
+
+
+def load_preview_inputs(spec: Any, inputs: Mapping[str, str], folder: Path, limits: UploadLimits):
+    """(reference image or None, driving clip or None) for ``POST /v1/masks``, checked like job uploads."""
+    from backend.scail2.errors import Scail2InputError
+
+    unknown = sorted(set(inputs) - {"reference", "driving"})
+    if unknown:
+        raise invalid(unknown[0], "a mask preview takes only 'reference' and/or 'driving' files")
+    if not inputs:
+        raise invalid("files", "send a 'reference' image and/or a 'driving' clip to mask")
+    if "reference" in inputs and not inputs["reference"].endswith((".png", ".jpg", ".webp")):
+        raise invalid("reference", "reference must be a PNG, JPEG or WebP image")
+    try:
+        reference = _read_image(folder / inputs["reference"], "reference", limits) if "reference" in inputs else None
+        driving = None
+        if "driving" in inputs:
+            driving = _slice_frames(_read_clip(folder / inputs["driving"], "driving", spec.fps, limits),
+                                    spec.frame_range, "driving")
+    except Scail2InputError as exc:
+        raise engine_error(exc, folder, inputs) from exc
+    return reference, driving
 
 
 def discard(folder: Path) -> None:

@@ -10,6 +10,8 @@ from PIL import Image
 from safetensors.numpy import load_file
 from worker_helpers import SHORT_SPEC, start_worker, wait_until
 
+from backend.worker.store import JobStore
+
 # 29 driving frames in windows of 13 (8 new frames each after 5 of history): windows [0,13) [8,21) [16,29).
 THREE_WINDOWS = {**SHORT_SPEC, "frame_range": [0, 29], "segment_len": 13, "steps": 4, "seed": 11}
 
@@ -56,5 +58,12 @@ def test_kill_9_mid_job_then_restart_resumes_and_runs_the_queue(tiny_checkpoint,
         for job_id in queued:
             status = client.wait(job_id, poll_interval=0.05, timeout=120)
             assert status["attempts"] == 1 and status["result"]["frames"] == 9
+
+        # A clean stop (SIGTERM) interrupts the running job between steps and puts it back in the queue.
+        interrupted = client.submit({**THREE_WINDOWS, "steps": 50}, inputs.files())
+        wait_until(lambda: client.status(interrupted)["detail"]["step"], timeout=120, interval=0.02)
     finally:
-        second.stop()
+        exit_code = second.stop()
+    assert exit_code == 0
+    store = JobStore(data)
+    assert store.get(interrupted).status == "queued" and store.get(interrupted).attempts == 1

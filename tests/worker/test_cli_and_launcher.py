@@ -1,0 +1,78 @@
+"""The command line's refusals, a generated token over TLS, and the launcher's failure report."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from backend.client import WorkerClient
+from backend.launcher import LocalWorker, WorkerStartError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "backend.worker.cli", "serve", *args], cwd=REPO, text=True,
+                          capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_a_public_address_needs_a_token(tiny_checkpoint, tmp_path):
+    env = {"SCAIL_WORKER_TOKEN": ""}
+    result = run_cli("--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path), "--host", "0.0.0.0",
+                     "--device", "cpu", env=env)
+    assert result.returncode == 2
+    assert "give --token" in result.stderr and "SCAIL-WORKER READY" not in result.stdout
+
+
+def test_launcher_reports_a_broken_checkpoint_with_the_log_tail(tmp_path):
+    broken = tmp_path / "not_a_checkpoint"
+    broken.mkdir()
+    (broken / "notes.txt").write_text("weights go here")
+    worker = LocalWorker(sys.executable, broken, tmp_path / "data", device="cpu", log_path=tmp_path / "w.log",
+                         ready_timeout=120)
+    with pytest.raises(WorkerStartError) as failure:
+        worker.start()
+    assert "exited with code 3" in str(failure.value)
+    assert "cannot load the checkpoint" in failure.value.log_tail
+    assert not worker.is_running()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a test certificate")
+def test_generated_token_is_printed_once_and_tls_works(tiny_checkpoint, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
+                    str(cert)], check=True, capture_output=True)
+    log_file = tmp_path / "worker.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "backend.worker.cli", "serve", "--checkpoint", str(tiny_checkpoint), "--data",
+         str(tmp_path / "data"), "--device", "cpu", "--port", "0", "--ssl-certfile", str(cert), "--ssl-keyfile",
+         str(key), "--log-file", str(log_file)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "SCAIL_WORKER_TOKEN": ""},
+    )
+    try:
+        token_line = process.stdout.readline().strip()
+        ready_line = process.stdout.readline().strip()
+        assert token_line.startswith("SCAIL-WORKER TOKEN ")
+        token = token_line.split()[-1]
+        assert ready_line.startswith("SCAIL-WORKER READY https://127.0.0.1:")
+        url = ready_line.split()[-1]
+        health = WorkerClient(url, token, verify=str(cert)).health()
+        assert health["authenticated"] is True
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(f"{url}/v1/health", timeout=10)  # an unverified certificate is refused by default
+        time.sleep(0.2)
+        assert token not in log_file.read_text(), "the token never reaches the log"
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert token not in stderr

@@ -1,0 +1,107 @@
+"""The job store on its own: crash recovery, idempotency, cancel, retention (a real SQLite file and folders)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from backend.worker.store import MAX_ATTEMPTS, IdempotencyConflict, JobStore
+
+
+def stage(store: JobStore, payload: bytes = b"x" * 1000):
+    folder = store.new_staging_dir()
+    (folder / "reference.png").write_bytes(payload)
+    return folder
+
+
+def create(store: JobStore, job_id: str, key: str | None = None, request_hash: str = "h1", payload=b"x" * 1000):
+    return store.create_job(job_id=job_id, namespace="", idempotency_key=key, request_hash=request_hash,
+                            spec={"seed": 1}, inputs={"reference": "reference.png"},
+                            staged_inputs=stage(store, payload))
+
+
+def test_create_claim_finish_and_idempotency(tmp_path):
+    store = JobStore(tmp_path)
+    job, created = create(store, "job-aaaaaaaaaaaaaaaa", key="k")
+    assert created and job.status == "queued" and (store.job_dir(job.id) / "inputs" / "reference.png").is_file()
+    again, created = create(store, "job-bbbbbbbbbbbbbbbb", key="k")
+    assert not created and again.id == job.id
+    assert not store.job_dir("job-bbbbbbbbbbbbbbbb").exists(), "the losing submission's files are discarded"
+    with pytest.raises(IdempotencyConflict):
+        create(store, "job-cccccccccccccccc", key="k", request_hash="h2")
+
+    claimed = store.claim_next()
+    assert claimed.id == job.id and claimed.status == "running" and claimed.attempts == 1
+    assert store.claim_next() is None
+    store.finish(job.id, "succeeded", result={"frames": 9, "fps": 16.0, "width": 96, "height": 64})
+    assert store.get(job.id).status == "succeeded" and store.get(job.id).progress == 1.0
+
+
+def test_recover_requeues_running_jobs_and_fails_crash_loops(tmp_path):
+    store = JobStore(tmp_path)
+    create(store, "job-running-aaaaaaaa")
+    create(store, "job-queued-bbbbbbbbb")
+    running = store.claim_next()
+    store.window_path(running.id, 0).parent.mkdir()
+    store.window_path(running.id, 0).write_bytes(b"window")
+    store.record_window(running.id, 0, 13)
+    (store.jobs_dir / "orphan-folder").mkdir()
+    (store.window_path(running.id, 1).with_suffix(".safetensors.tmp")).write_bytes(b"half")
+
+    reopened = JobStore(tmp_path)  # a new process after a crash
+    summary = reopened.recover()
+    assert summary["requeued"] == 1 and summary["queued"] == 2 and summary["orphan_folders_removed"] == 1
+    job = reopened.get(running.id)
+    assert job.status == "queued" and job.windows_done == 1
+    assert [index for index, _ in reopened.finished_windows(job.id)] == [0]
+    assert not list(store.window_path(job.id, 0).parent.glob("*.tmp"))
+    assert reopened.claim_next().id == running.id, "the interrupted job keeps its place at the head"
+
+    for _ in range(MAX_ATTEMPTS - 1):
+        reopened.recover()
+        reopened.claim_next()
+    reopened.recover()
+    assert reopened.get(running.id).status == "failed"
+    assert reopened.get(running.id).error["type"] == "crashed"
+
+
+def test_cancel_and_delete(tmp_path):
+    store = JobStore(tmp_path)
+    first, _ = create(store, "job-first-aaaaaaaaaa")
+    second, _ = create(store, "job-second-bbbbbbbbb")
+    store.claim_next()
+    assert store.request_cancel(second.id).status == "canceled"
+    flagged = store.request_cancel(first.id)
+    assert flagged.status == "running" and flagged.cancel_requested
+    store.delete(first.id)
+    assert store.get(first.id) is not None, "a running job is not deleted"
+    store.delete(second.id)
+    assert store.get(second.id) is None and not store.job_dir(second.id).exists()
+
+
+def test_retention_by_age_then_disk_budget(tmp_path):
+    store = JobStore(tmp_path)
+    ids = [f"job-{n}-aaaaaaaaaaaaaaa" for n in range(4)]
+    for job_id in ids:
+        create(store, job_id, payload=b"x" * 100_000)
+    for job_id in ids[:3]:
+        store.claim_next()
+        store.finish(job_id, "succeeded")
+    # job 0 finished long ago; jobs 1 and 2 just now; job 3 is still queued (never touched by retention).
+    old = time.time() - 10 * 3600
+    store._connection().execute("UPDATE jobs SET finished_at = ? WHERE id = ?", (old, ids[0]))
+    assert store.apply_retention(max_age_seconds=3600, max_bytes=None) == [ids[0]]
+    assert not store.job_dir(ids[0]).exists() and store.get(ids[0]).files_removed
+    # Budget for two folders: the oldest remaining finished job goes, the queued one stays.
+    assert store.apply_retention(max_age_seconds=None, max_bytes=250_000) == [ids[1]]
+    assert store.job_dir(ids[2]).exists() and store.job_dir(ids[3]).exists()
+
+
+def test_database_is_wal_and_fully_synchronous(tmp_path):
+    store = JobStore(tmp_path)
+    db = store._connection()
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert os.path.exists(tmp_path / "worker.sqlite3")
