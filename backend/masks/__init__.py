@@ -1,30 +1,10 @@
 """Automatic colour masks (SAM3) for driving clips and reference images.
 
-``make_auto_masks(settings, load_sam3(folder), reference=..., driving=...)`` gives palette masks with the
-polarity of the mode, identities coloured left to right; ``check_mask`` reports pixels the model would misread.
+Import what you need from the submodules (kept out of this package's import so that light modules such as the
+worker's schemas can use ``backend.masks.options`` without loading torch):
+
+* ``sam3_loader.load_sam3(folder)``: SAM3 from a local ``facebook/sam3`` folder;
+* ``auto.make_auto_masks(settings, segmenter, reference=..., driving=...)``: palette masks for a job;
+* ``check.check_mask(mask)``: the fraction of pixels the model would misread;
+* ``service.MaskService``: the worker's shared SAM3; ``cli``: ``python -m backend.masks.cli``.
 """
-
-from .auto import AutoMasks, make_auto_masks, needs_sam3
-from .check import MaskCheck, check_mask
-from .driving import MaskResult, make_driving_mask, write_mask_clip
-from .reference import make_reference_mask
-from .sam3_loader import Sam3Segmenter, check_sam3_folder, load_sam3
-from .settings import DEFAULT_PROMPTS, MaskSettings, parse_prompts
-
-__all__ = [
-    "DEFAULT_PROMPTS",
-    "AutoMasks",
-    "MaskCheck",
-    "MaskResult",
-    "MaskSettings",
-    "Sam3Segmenter",
-    "check_mask",
-    "check_sam3_folder",
-    "load_sam3",
-    "make_auto_masks",
-    "make_driving_mask",
-    "make_reference_mask",
-    "needs_sam3",
-    "parse_prompts",
-    "write_mask_clip",
-]
