@@ -50,6 +50,34 @@ DEFAULT_GPUS = (1, 2, 4, 8)
 # ----------------------------------------------------------------------------------------------- rank side
 
 
+def forced_split_forward(transformer, inputs, device, repeats: int) -> dict[str, Any]:
+    """On one GPU: time the forward plain, then through the sequence-parallel hooks over a one-process group.
+
+    Every all-to-all and gather is then a copy, so this measures what the split path costs by itself and checks
+    that the CUDA/bf16/compiled path gives the plain forward's output.
+    """
+    import scail2_bench as bench
+    import torch.distributed as dist
+
+    from backend.scail2.parallel.sequence import SequenceParallel
+
+    plain = bench.time_forward(transformer, inputs, device, repeats)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device
+                                if device.type == "cuda" else None)
+    hooks = SequenceParallel(transformer, dist.group.WORLD, blocks=transformer.blocks,
+                             gather_after=transformer.proj_out)
+    try:
+        split = bench.time_forward(transformer, inputs, device, repeats)
+    finally:
+        hooks.remove()
+    split["seconds_plain"] = plain["seconds"]
+    split["warmup_s_plain"] = plain["warmup_s"]
+    split["rel_err_vs_plain"] = round(bench.rel_err(split["_output"], plain["_output"]), 6)
+    return split
+
+
+
 def run_rank(args: argparse.Namespace) -> int:
     """Body of one torchrun rank: build, parallelize, time; rank 0 writes its records to --rank-out."""
     import scail2_bench as bench
@@ -102,8 +130,12 @@ def run_rank(args: argparse.Namespace) -> int:
 
     for height, width in args.forward:
         inputs = bench.forward_inputs(transformer, height, width, device, seed=height + width)
-        record({"kind": "forward", "height": height, "width": width},
-               lambda inputs=inputs: bench.time_forward(transformer, inputs, device, args.repeats))
+        if args.sp_on_one_gpu and runtime.world_size == 1:
+            record({"kind": "forward", "height": height, "width": width, "sp_forced": True},
+                   lambda inputs=inputs: forced_split_forward(transformer, inputs, device, args.repeats))
+        else:
+            record({"kind": "forward", "height": height, "width": width},
+                   lambda inputs=inputs: bench.time_forward(transformer, inputs, device, args.repeats))
         del inputs
 
     if args.window:
@@ -198,12 +230,17 @@ def run_driver(args: argparse.Namespace, passthrough: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    import scail2_bench as bench
+def parse_size(text: str) -> tuple[int, int]:
+    height, _, width = text.lower().partition("x")
+    if not (height.isdigit() and width.isdigit()) or int(height) % 32 or int(width) % 32:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be HEIGHTxWIDTH with both multiples of 32")
+    return int(height), int(width)
 
+
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sizes = lambda text: [bench.parse_size(x) for x in text.split(",") if x]  # noqa: E731
+    sizes = lambda text: [parse_size(x) for x in text.split(",") if x]  # noqa: E731
     parser.add_argument("--gpus", type=lambda t: [int(x) for x in t.split(",") if x], default=list(DEFAULT_GPUS),
                         help="GPU counts to run, e.g. 1,2,4,8 (1 first: it is the baseline)")
     parser.add_argument("--forward", type=sizes, default=[], help="sizes HxW,... to time DiT forwards at")
@@ -211,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=None,
                         help="override the fast preset's guidance (>1 runs both CFG passes)")
     parser.add_argument("--cfg-parallel", action="store_true", help="CFG halves on different GPUs (even counts)")
+    parser.add_argument("--sp-on-one-gpu", action="store_true",
+                        help="with 1 GPU: also time the forward through the split path over a one-process group")
     parser.add_argument("--attention-backend", default="auto")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--repeats", type=int, default=2, help="timed forwards after the warm-up")

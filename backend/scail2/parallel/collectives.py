@@ -49,9 +49,14 @@ def heads_to_sequence(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor
     return x.reshape(batch, local_tokens, world * local_heads, head_dim)
 
 
+# `all_gather_single` replaces `all_gather_tensor` in newer torch (the old name warns there); GPU images may ship
+# an older torch that only has the old one.
+_all_gather_dim0 = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
+
+
 def all_gather_stacked(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     """Stack every rank's tensor along a new leading dim, in rank order."""
-    gathered = funcol.all_gather_single(x.contiguous().unsqueeze(0), 0, group)
+    gathered = _all_gather_dim0(x.contiguous().unsqueeze(0), 0, group)
     return funcol.wait_tensor(gathered)
 
 
