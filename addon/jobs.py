@@ -90,6 +90,9 @@ def run_task(task: JobTask, emit: Callable[[dict], None], cancel: threading.Even
     try:
         client = connection.make_client(task.target)
         if not job_id:
+            if cancel.is_set():  # canceled before it reached the worker
+                emit({**base, "status": "canceled", "phase": "", "message": "canceled before submission"})
+                return
             emit({**base, "status": "uploading", "phase": "uploading inputs"})
             job_id = client.submit(task.spec, task.files, idempotency_key=task.key)
             emit({**base, "job_id": job_id, "status": "queued", "phase": ""})

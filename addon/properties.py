@@ -177,6 +177,16 @@ class SCAIL_PG_settings(bpy.types.PropertyGroup):
     guidance: FloatProperty(name="Guidance", default=0.0, min=0.0, max=30.0, description="0 uses the preset")
     shift: FloatProperty(name="Shift", default=0.0, min=0.0, max=30.0, description="0 uses the preset")
     seed: IntProperty(name="Seed", default=-1, min=-1, description="-1 lets the worker choose")
+    sampler: EnumProperty(
+        name="Sampler",
+        items=[
+            ("PRESET", "Preset", "The preset's sampler"),
+            ("unipc", "UniPC", "UniPC multistep"),
+            ("dpm++", "DPM++", "DPM-Solver++"),
+            ("euler", "Euler", "Flow-matching Euler"),
+        ],
+        default="PRESET",
+    )
     loras: StringProperty(name="LoRAs", description='Strength overrides, e.g. "lightx2v=0.8, dpo=1.0"')
 
     # Output

@@ -36,6 +36,7 @@ class GenerateSettings:
     guidance: float = 0.0
     shift: float = 0.0
     seed: int = -1
+    sampler: str = ""  # "" uses the preset's
     loras: str = ""
     frame_range: tuple[int, int] | None = None
     fps: float | None = None
@@ -64,6 +65,8 @@ def build_spec(settings: GenerateSettings) -> dict:
         spec["shift"] = settings.shift
     if settings.seed >= 0:
         spec["seed"] = settings.seed
+    if settings.sampler:
+        spec["sampler"] = settings.sampler
     loras = parse_loras(settings.loras)
     if loras:
         spec["loras"] = loras

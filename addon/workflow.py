@@ -209,7 +209,8 @@ def prepare_job(scene, context=None, target: connection.BackendTarget | None = N
         spec = build_spec(GenerateSettings(
             mode=settings.mode, prompt=prompt_text(settings), negative_prompt=settings.negative_prompt,
             preset=settings.preset, size=size, steps=settings.steps, guidance=settings.guidance,
-            shift=settings.shift, seed=settings.seed, loras=settings.loras, frame_range=frame_range, fps=fps,
+            shift=settings.shift, seed=settings.seed, loras=settings.loras,
+            sampler="" if settings.sampler == "PRESET" else settings.sampler, frame_range=frame_range, fps=fps,
             reference_mask=reference_mask, driving_mask=driving_mask))
     except BaseException:
         import shutil

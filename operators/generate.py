@@ -60,7 +60,7 @@ class SCAIL_OT_cancel(bpy.types.Operator):
     def execute(self, context):
         def action():
             job, _index = job_at(context, self.index)
-            if job is None or not job.job_id:
+            if job is None or not (job.job_id or jobs.is_running(job.key)):
                 self.report({"ERROR"}, "no submitted job to cancel")
                 return {"CANCELLED"}
             if job.status in jobs.TERMINAL:

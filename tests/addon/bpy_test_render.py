@@ -126,3 +126,12 @@ def test_scene_animation_renders_with_exact_identity_masks(scene, pkg, tmp_path)
     with zipfile.ZipFile(zip_path) as archive:
         assert archive.namelist() == [f"frame_{i:04d}.png" for i in range(1, 5)]
     assert scene.frame_current == 1
+
+
+def test_cycles_reference_has_an_alpha_mask(scene):
+    scene.scail.engine, scene.scail.character_collection = "CYCLES", None
+    scene.cycles.samples = 4
+    assert bpy.ops.scail.render_reference() == {"FINISHED"}
+    alpha = read_png(bpy.path.abspath(scene.scail.reference_path))[..., 3]
+    assert (alpha == 0).mean() > 0.3 and (alpha == 255).any()
+    assert scene.render.engine != "CYCLES" or scene.scail.engine == "SCENE"  # the scene's engine is restored
