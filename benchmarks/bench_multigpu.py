@@ -13,8 +13,8 @@ atomically after each GPU count) with the fields of ``scail2_bench.py`` plus ``g
     # the measurement: 704p window (and forward) on 1, 2, 4, 8 H200s
     python benchmarks/bench_multigpu.py --gpus 1,2,4,8 --forward 704x1280 --window 704x1280 \\
         --out benchmarks/results/multigpu_h200.json
-    # CFG-parallel (2) x Ulysses (N/2): the conditional and unconditional passes on different GPUs
-    python benchmarks/bench_multigpu.py --gpus 2,4,8 --cfg-parallel --window 704x1280 --out ...
+    # CFG-parallel (2) x Ulysses (N/2) on batched CFG forwards (batch 2; the 1-GPU baseline runs the same batch)
+    python benchmarks/bench_multigpu.py --gpus 1,2,4,8 --cfg-parallel --forward 704x1280 --out ...
     # the same code on the CPU at tiny size (gloo; what development uses)
     python benchmarks/bench_multigpu.py --tiny --device cpu --gpus 1,2 --forward 64x96 --window 64x96 --out /tmp/m.json
 
@@ -130,11 +130,18 @@ def run_rank(args: argparse.Namespace) -> int:
 
     for height, width in args.forward:
         inputs = bench.forward_inputs(transformer, height, width, device, seed=height + width)
+        if args.cfg_parallel:
+            # One batched CFG forward: the conditional and unconditional halves (the latter with a zero context),
+            # what CFG-parallel splits. The one-GPU baseline runs the same batch of 2.
+            inputs = {k: torch.cat([v, v]) if torch.is_tensor(v) and v.ndim and k != "timestep" else v
+                      for k, v in inputs.items()}
+            inputs["context"][1:] = 0
+            inputs["timestep"] = inputs["timestep"].expand(2)
         if args.sp_on_one_gpu and runtime.world_size == 1:
             record({"kind": "forward", "height": height, "width": width, "sp_forced": True},
                    lambda inputs=inputs: forced_split_forward(transformer, inputs, device, args.repeats))
         else:
-            record({"kind": "forward", "height": height, "width": width},
+            record({"kind": "forward", "height": height, "width": width, "batch": 2 if args.cfg_parallel else 1},
                    lambda inputs=inputs: bench.time_forward(transformer, inputs, device, args.repeats))
         del inputs
 
@@ -188,7 +195,7 @@ def run_driver(args: argparse.Namespace, passthrough: list[str]) -> int:
             write_records(args.out, records)
             print(f"SKIP {gpus} GPUs: only {available} visible", flush=True)
             continue
-        if args.cfg_parallel and gpus % 2:
+        if args.cfg_parallel and gpus % 2 and gpus > 1:
             print(f"SKIP {gpus} GPUs: CFG-parallel needs an even count", flush=True)
             continue
         with tempfile.TemporaryDirectory() as scratch:
@@ -267,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out is required")
     if not (args.forward or args.window):
         parser.error("give --forward and/or --window sizes")
+    if args.cfg_parallel and args.window:
+        parser.error("--cfg-parallel applies to batched CFG forwards; the pipeline runs CFG as two sequential "
+                     "forwards, so time windows without it")
     # Everything but the driver-only options goes to the ranks.
     passthrough, skip = [], False
     for index, item in enumerate(argv):
