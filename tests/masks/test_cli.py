@@ -1,5 +1,5 @@
-"""The masks CLI end to end (tiny SAM3, real media) and the ``--driving-mask auto`` hook on scail2-generate's
-own argument parser and request builder."""
+"""The masks CLI end to end (tiny SAM3, real media) and the ``--driving-mask auto`` hook as scail2-generate uses
+it: its own argument parser and request builder."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from backend.masks.cli import AutoMaskHook, add_auto_mask_arguments, main
+from backend.masks.cli import AutoMaskHook, main
 from backend.scail2.masks import BLACK, PALETTE_RGB, WHITE
 from backend.scail2.media import probe_video, read_clip, read_image
 
@@ -74,8 +74,8 @@ def test_cli_errors_name_the_missing_sam3_folder(media_root, tmp_path, capsys) -
 def test_auto_hook_fills_scail2_generate_requests(tiny_sam3, media_root, short_clips) -> None:
     from backend.scail2.cli import build_parser, build_request
 
-    parser = build_parser()
-    add_auto_mask_arguments(parser)
+    parser = build_parser()  # scail2-generate adds the SAM3 options through add_auto_mask_arguments
+    assert any(action.dest == "sam3" for action in parser._actions)
     args = parser.parse_args(
         [
             "--checkpoint",
