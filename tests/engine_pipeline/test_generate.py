@@ -189,7 +189,9 @@ def test_batched_cfg_equals_two_forwards(tiny_pipeline):
             velocities.append(tiny_pipeline._velocity(latent, timestep, conditions, inputs, True, 4.0, None))
     finally:
         tiny_pipeline.batch_cfg = None
-    torch.testing.assert_close(velocities[1], velocities[0], rtol=0, atol=1e-5)
+    # Equal up to fp32 summation order (batch-size dependent kernels): the fixtures' relative measure.
+    scale = max(1.0, float(velocities[0].abs().max()))
+    assert float((velocities[1] - velocities[0]).abs().max()) / scale < 1e-5
 
 
 def test_comfy_layout_with_diffusers_encoders(tmp_path, reference_rgba, driving_clip, animation_driving_mask):
