@@ -20,7 +20,8 @@ MEDIA = REPO.parent / "shared" / "media"
 INNER = os.environ.get("SCAIL_BPY_SUITE") == "1"
 
 if INNER:
-    os.environ["BLENDER_USER_RESOURCES"] = tempfile.mkdtemp(prefix="scail_bl_user_")
+    USER_RESOURCES = tempfile.mkdtemp(prefix="scail_bl_user_")
+    os.environ["BLENDER_USER_RESOURCES"] = USER_RESOURCES
     import bpy  # noqa: E402 - after BLENDER_USER_RESOURCES, once per process
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -92,6 +93,9 @@ if INNER:
 
     def pytest_unconfigure(config):
         # Blender's own atexit teardown can hang or crash after long sessions; the verdict is known here.
+        import shutil
+
+        shutil.rmtree(USER_RESOURCES, ignore_errors=True)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(getattr(config, "_scail_status", 0))
