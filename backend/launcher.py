@@ -111,7 +111,9 @@ class LocalWorker:
                 os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
             self.token = secrets.token_urlsafe(32)
             env = {**os.environ, **self.env, TOKEN_ENV: self.token, "PYTHONUNBUFFERED": "1"}
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+            # An explicit PYTHONPATH (e.g. the add-on naming the chosen environment's backend) comes first; the
+            # folder holding this launcher's own ``backend`` package is the fallback.
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(PROJECT_ROOT)) if p)
             with open(self.log_path, "ab") as log:
                 start_offset = log.tell()
                 log.write(f"\n=== scail launcher: starting {' '.join(self.command())}\n".encode())

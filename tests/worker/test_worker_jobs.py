@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import zipfile
 
@@ -55,6 +56,17 @@ def test_submit_progress_and_verified_download(worker, inputs, tmp_path):
         assert archive.read("frames/000004.png") == paths["frames"][4].read_bytes()
     assert (tmp_path / "out" / "manifest.json").is_file()
     assert not list((tmp_path / "out").rglob("*.part"))
+
+    # One structured summary line per job: settings, timings per phase, peak GPU memory; never the token.
+    log_text = worker.log_path.read_text()
+    assert worker.token not in log_text
+    records = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
+    summary = next(r for r in records if r["event"] == "job finished" and r["job"] == job_id)
+    assert summary["status"] == "succeeded" and summary["level"] == "info"
+    assert summary["settings"]["steps"] == 2 and summary["settings"]["frames"] == 9
+    assert summary["settings"]["size"] == "96x64" and summary["settings"]["seed"] == 7
+    assert {"decoding", "encode", "step", "decode", "writing"} <= set(summary["timings"]["phases_s"])
+    assert "peak_gpu_mb" in summary["timings"] and summary["timings"]["run_s"] > 0
 
 
 def test_range_requests_resume_a_partial_download(worker, inputs, tmp_path):
