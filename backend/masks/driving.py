@@ -27,8 +27,10 @@ from .sam3_loader import LazyFrames, Sam3Segmenter
 from .settings import MaskSettings
 from .tracking import Track, identity_colours, paint_frame, resolve_identities
 
-# progress(done_frames, total_frames): called while tracking and again while painting.
+# progress(done_frames, total_frames): called after each tracked frame.
 Progress = Callable[[int, int], None]
+# Objects SAM3 may track at once (its own default is 10000): enough for 6 identities found by several prompts.
+MAX_TRACKED_OBJECTS = 16
 
 
 @dataclass
@@ -110,9 +112,11 @@ def track_subjects(
         session.prompt_input_ids[prompt_id] = input_ids
         session.prompt_attention_masks[prompt_id] = attention_mask
 
-    saved = (model.score_threshold_detection, model.new_det_thresh)
+    saved = (model.score_threshold_detection, model.new_det_thresh, model.max_num_objects)
     if settings.detection_threshold is not None:
         model.score_threshold_detection = model.new_det_thresh = settings.detection_threshold
+    # At most 6 identities are painted; tracking a whole crowd would only cost time and memory.
+    model.max_num_objects = min(model.max_num_objects, MAX_TRACKED_OBJECTS)
     tracks: dict[int, Track] = {}
     try:
         total = int(frames.shape[0])
@@ -133,7 +137,7 @@ def track_subjects(
             if progress is not None:
                 progress(done, total)
     finally:
-        model.score_threshold_detection, model.new_det_thresh = saved
+        model.score_threshold_detection, model.new_det_thresh, model.max_num_objects = saved
     removed = set(session.hotstart_removed_obj_ids) | set(session.removed_obj_ids)
     return [track for object_id, track in sorted(tracks.items()) if object_id not in removed]
 
