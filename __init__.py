@@ -6,9 +6,9 @@ operators in ``operators/`` and the panels in ``panels/``. Blender-side code use
 """
 
 from . import operators, panels
-from .addon import jobs, preferences, properties
+from .addon import jobs, preferences, properties, servers, shots
 
-_modules = (properties, preferences, operators, panels, jobs)
+_modules = (properties, servers, preferences, shots, operators, panels, jobs)
 
 
 def register() -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import bpy
-from bpy.props import EnumProperty, FloatProperty, StringProperty
+from bpy.props import CollectionProperty, EnumProperty, FloatProperty, StringProperty
 
 from . import ADDON_PACKAGE
 from .connection import LOCAL_WORKER, env_override
+from .servers import SCAIL_PG_server, draw_servers
 
 
 class SCAIL_AddonPreferences(bpy.types.AddonPreferences):
@@ -35,6 +36,8 @@ class SCAIL_AddonPreferences(bpy.types.AddonPreferences):
                                  description="Bearer token of the remote worker (stored in your preferences)")
     timeout: FloatProperty(name="Timeout", default=30.0, min=1.0, max=600.0, unit="TIME_ABSOLUTE",
                            description="Seconds to wait for one request")
+    servers: CollectionProperty(type=SCAIL_PG_server, name="Batch Servers",
+                                description="More workers for batch renders (registered by addon/servers.py)")
 
     def draw(self, context):
         layout = self.layout
@@ -57,6 +60,7 @@ class SCAIL_AddonPreferences(bpy.types.AddonPreferences):
                 col.label(text="Online access is off: only localhost workers can be reached", icon="ERROR")
             col.operator("scail.test_connection", icon="LINKED")
         layout.prop(self, "timeout")
+        draw_servers(layout, self)
 
 
 def draw_local_worker_status(layout) -> None:

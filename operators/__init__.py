@@ -1,8 +1,8 @@
 """Thin operators over ``addon/``: each catches the errors a user can fix and reports them."""
 
-from . import backend, driving, generate, jobs, reference
+from . import backend, batch, driving, generate, jobs, reference
 
-modules = (reference, driving, generate, jobs, backend)
+modules = (reference, driving, generate, jobs, backend, batch)
 
 
 def register() -> None:

@@ -1,5 +1,15 @@
 """The "SCAIL" tab in the 3D Viewport sidebar."""
 
-from . import main
+from . import main, shots
 
-register, unregister = main.register, main.unregister
+_modules = (main, shots)  # shots' panel is a child of main's
+
+
+def register() -> None:
+    for module in _modules:
+        module.register()
+
+
+def unregister() -> None:
+    for module in reversed(_modules):
+        module.unregister()
