@@ -180,7 +180,8 @@ def create_app(
             model={"loaded": True, "checkpoint": info.checkpoint, "dtype": info.dtype, "loras": info.loras},
             queue=store.counts(),
             limits={"max_upload_mb": limits.max_upload_bytes / 2**20, "max_frames": limits.max_frames,
-                    "max_seconds": limits.max_seconds, "max_side": limits.max_side},
+                    "max_seconds": limits.max_seconds, "max_side": limits.max_side,
+                    "max_decoded_gb": limits.max_decoded_bytes / 2**30},
             features={"auto_masks": masks is not None, "range_downloads": True, "idempotency_keys": True},
         )
 

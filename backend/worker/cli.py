@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-frames", type=int, default=2400, help="most frames per driving clip")
     serve.add_argument("--max-seconds", type=float, default=600.0, help="longest driving clip")
     serve.add_argument("--max-side", type=int, default=4096, help="largest input side in pixels")
+    serve.add_argument("--max-decoded-gb", type=float, default=8.0,
+                       help="memory budget for one decoded driving clip (frames x height x width x channels)")
     serve.add_argument("--ssl-certfile", type=Path, default=None, help="TLS certificate (PEM) to serve https")
     serve.add_argument("--ssl-keyfile", type=Path, default=None, help="TLS private key (PEM)")
     serve.add_argument("--retention-hours", type=float, default=72.0,
@@ -184,7 +186,8 @@ def serve(args: argparse.Namespace) -> int:
     log.info("model loaded", extra={"seconds": round(time.monotonic() - started, 2)})
 
     limits = UploadLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_frames=args.max_frames,
-                          max_seconds=args.max_seconds, max_side=args.max_side)
+                          max_seconds=args.max_seconds, max_side=args.max_side,
+                          max_decoded_bytes=int(args.max_decoded_gb * 2**30))
     runner = JobRunner(store, pipeline, limits, device, masks=masks)
     info = WorkerInfo(version=version, device=device, checkpoint=str(args.checkpoint.resolve()), dtype=dtype_name,
                       loras=sorted(pipeline.available_loras()))

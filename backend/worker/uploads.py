@@ -43,6 +43,7 @@ class UploadLimits:
     max_frames: int = 2400
     max_seconds: float = 600.0
     max_side: int = 4096
+    max_decoded_bytes: int = 8 << 30  # one decoded clip in memory (frames x height x width x channels)
 
     def media_limits(self):
         from backend.scail2.media import MediaLimits
@@ -143,6 +144,29 @@ def _check_zip(path: Path, field: str, limits: UploadLimits) -> None:
                           f"under {ZIP_MAX_MEMBER_BYTES >> 20} MiB each", status=413)
 
 
+def _check_decoded_size(field: str, frames: int, width: int, height: int, channels: int,
+                        limits: UploadLimits) -> None:
+    """Refuse a clip whose decoded frames would not fit the worker's memory budget, before decoding it."""
+    need = frames * width * height * channels
+    if need > limits.max_decoded_bytes:
+        raise invalid(field, f"{frames} frames of {width}x{height} decode to {need / 2**30:.1f} GiB, more than this "
+                      f"worker's {limits.max_decoded_bytes / 2**30:.1f} GiB budget; use frame_range or a smaller "
+                      "clip", status=413)
+
+
+def _zip_frame_geometry(path: Path) -> tuple[int, int, int]:
+    """(width, height, channels) of the first PNG of a frame archive, read from its header only."""
+    from PIL import Image
+
+    with zipfile.ZipFile(path) as archive:
+        first = min((n for n in archive.namelist() if n.lower().endswith(".png")), default=None)
+        if first is None:
+            return 0, 0, 0
+        with archive.open(first) as member, Image.open(member) as image:
+            channels = 4 if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info else 3
+            return image.width, image.height, channels
+
+
 def _engine_field_to_api(field: str | None) -> str | None:
     """Map the engine's field names onto the API's: spec keys get 'spec.', extra references their file fields."""
     if field is None:
@@ -174,17 +198,27 @@ def _read_image(path: Path, field: str, limits: UploadLimits):
     return read_image(path, field=field, limits=limits.media_limits())
 
 
-def _read_clip(path: Path, field: str, fps: float | None, limits: UploadLimits):
-    from backend.scail2.media import read_frame_zip, read_video
+def _read_clip(path: Path, field: str, fps: float | None, limits: UploadLimits, end: int | None = None):
+    """Decode a driving clip or mask (video or zip of PNGs); ``end`` stops a video's decoding there."""
+    from backend.scail2.media import probe_video, read_frame_zip, read_video
 
     if path.suffix == ".zip":
         if fps is None:
             raise invalid("spec.fps", f"'{field}' is a zip of PNG frames: give its frame rate as spec.fps")
         _check_zip(path, field, limits)
+        with zipfile.ZipFile(path) as archive:
+            count = sum(1 for name in archive.namelist() if name.lower().endswith(".png"))
+        _check_decoded_size(field, count, *_zip_frame_geometry(path), limits)
         return read_frame_zip(path, fps, field=field, limits=limits.media_limits())
     if path.suffix != ".video":
         raise invalid(field, f"{field} must be a video file or a zip of PNG frames, got a single image")
-    clip = read_video(path, field=field, limits=limits.media_limits())
+    info = probe_video(path, field=field)
+    frames = info.estimated_frames if end is None else min(info.estimated_frames, end)
+    if end is not None and frames > limits.max_frames:
+        raise invalid(field, f"frame_range asks for {frames} frames; this worker decodes at most {limits.max_frames}",
+                      status=413)
+    _check_decoded_size(field, frames, info.width, info.height, 4 if info.has_alpha else 3, limits)
+    clip = read_video(path, field=field, limits=limits.media_limits(), max_frames=end)
     if fps is not None:
         clip.fps = float(fps)
     return clip
@@ -235,12 +269,13 @@ def build_request(spec: JobSpec, inputs: Mapping[str, str], folder: Path, limits
         reference_mask = None
         if "reference_mask" in inputs:
             reference_mask = _read_image(folder / inputs["reference_mask"], "reference_mask", limits)
-        driving = _slice_frames(_read_clip(folder / inputs["driving"], "driving", spec.fps, limits),
+        end = spec.frame_range[1] if spec.frame_range else None
+        driving = _slice_frames(_read_clip(folder / inputs["driving"], "driving", spec.fps, limits, end),
                                 spec.frame_range, "driving")
         driving_mask = None
         if "driving_mask" in inputs:
             driving_mask = _slice_frames(
-                _read_clip(folder / inputs["driving_mask"], "driving_mask", spec.fps or driving.fps, limits),
+                _read_clip(folder / inputs["driving_mask"], "driving_mask", spec.fps or driving.fps, limits, end),
                 spec.frame_range, "driving_mask",
             )
         extras = []

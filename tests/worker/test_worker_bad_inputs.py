@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-from worker_helpers import DRIVING_VIDEO, OTHER_PHOTO, SHORT_SPEC, UPLOAD_LIMIT_MB, write_mask_zip
+from worker_helpers import (
+    BUNNY_VIDEO,
+    DRIVING_VIDEO,
+    OTHER_PHOTO,
+    SHORT_SPEC,
+    UPLOAD_LIMIT_MB,
+    write_mask_zip,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +36,13 @@ def bad_files(inputs, tmp_path_factory) -> dict[str, Path]:
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i",
                     "color=c=black:s=64x64:r=16", "-frames:v", "0", "-c:v", "libx264", str(folder / "empty.mp4")],
                    check=True)
+    (folder / "bunny.mp4").write_bytes(BUNNY_VIDEO.read_bytes())
     write_mask_zip(folder / "mask_5_frames.zip", 5)
     # A photo given as a mask: almost no pixel is a palette colour, white or black.
     photo = np.asarray(Image.open(OTHER_PHOTO).convert("RGB").resize((128, 128)))
     Image.fromarray(photo).save(folder / "photo_mask.png")
     Image.open(inputs.reference).convert("RGB").save(folder / "rgb_reference.png")
-    return {name: folder / name for name in (*files, "empty.mp4", "mask_5_frames.zip", "photo_mask.png",
+    return {name: folder / name for name in (*files, "empty.mp4", "bunny.mp4", "mask_5_frames.zip", "photo_mask.png",
                                              "rgb_reference.png")}
 
 
@@ -68,6 +76,8 @@ CASES = {
                                      "match no mask colour"),
     "no mask and no alpha": ({}, {"reference": "rgb_reference.png"}, None, 422, "reference_mask", "required"),
     "oversize upload": ({}, {"driving": "junk.bin"}, None, 413, "files", "at most"),
+    "clip over the decode budget": ({"frame_range": None}, {"driving": "bunny.mp4"}, None, 413, "driving",
+                                    "GiB"),
     "size not multiple of 32": ({"size": "100x64"}, {}, None, 422, "spec.size", "multiple of 32"),
     "unknown preset": ({"preset": "ultra"}, {}, None, 422, "spec.preset", "fast"),
     "malformed spec JSON": ({}, {}, '{"mode": "animation", ', 400, "spec", "not valid JSON"),

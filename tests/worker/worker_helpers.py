@@ -25,6 +25,8 @@ SHORT_SPEC = {"mode": "animation", "preset": "quality", "steps": 2, "guidance": 
               "frame_range": [0, 9], "prompt": "a person talking"}
 LONG_SPEC = {**SHORT_SPEC, "frame_range": [0, DRIVING_FRAMES], "steps": 3}
 UPLOAD_LIMIT_MB = 8
+DECODE_BUDGET_GB = 0.25  # the carphone clip decodes to 9 MB, Big Buck Bunny's 720p frames to 367 MB
+BUNNY_VIDEO = MEDIA / "bigbuckbunny.mp4"
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,8 @@ def write_mask_zip(path: Path, frames: int, size: tuple[int, int] = (144, 176), 
 
 def start_worker(checkpoint: Path, data_dir: Path, log_path: Path, *extra: str) -> LocalWorker:
     worker = LocalWorker(sys.executable, checkpoint, data_dir, device="cpu", log_path=log_path,
-                         extra_args=["--max-upload-mb", str(UPLOAD_LIMIT_MB), "--max-side", "1024", *extra],
+                         extra_args=["--max-upload-mb", str(UPLOAD_LIMIT_MB), "--max-side", "1024",
+                                     "--max-decoded-gb", str(DECODE_BUDGET_GB), *extra],
                          ready_timeout=180)
     return worker.start()
 
