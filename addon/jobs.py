@@ -201,12 +201,20 @@ def import_job(scene, job) -> None:
     job.message = f"imported {len(frames)} frames" + (f" at {job.fps:g} fps" if job.fps else "")
 
 
+def blender_busy() -> bool:
+    """A render or bake is running: changing the Sequencer or images now can crash Blender, so wait."""
+    return any(bpy.app.is_job_running(kind) for kind in ("RENDER", "OBJECT_BAKE", "COMPOSITE"))
+
+
 def drain_events() -> int:
     count = 0
     while True:
         try:
             event = _events.get_nowait()
         except queue.Empty:
+            return count
+        if event.get("done") and blender_busy():
+            _events.put(event)  # import on a later tick, once the render is over
             return count
         apply_event(event)
         count += 1

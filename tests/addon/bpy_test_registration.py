@@ -45,6 +45,17 @@ def test_everything_registers(addon):
     assert bpy.types.SCAIL_PT_main.bl_category == "SCAIL"
 
 
+def test_compat_names_are_valid_here(pkg, scene):
+    compat = pkg.addon.compat
+    scene.render.engine = compat.eevee_engine_id()  # raises TypeError for a wrong id on this version
+    assert compat.vse_strips(scene) is not None
+    compat.set_video_output(scene)
+    assert scene.render.image_settings.file_format == "FFMPEG"
+    compat.set_image_output(scene)
+    assert scene.render.image_settings.file_format == "PNG"
+    assert not pkg.addon.jobs.blender_busy()
+
+
 def test_unregister_and_register_again(addon):
     bpy.ops.preferences.addon_disable(module=addon)
     assert not hasattr(bpy.types.Scene, "scail")
