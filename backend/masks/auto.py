@@ -12,8 +12,9 @@ import numpy as np
 
 from backend.scail2.media import VideoClip
 
-from .driving import MaskResult, Progress, make_driving_mask
+from .driving import Progress, make_driving_mask
 from .reference import has_useful_alpha, make_reference_mask
+from .results import MaskResult
 from .sam3_loader import Sam3Segmenter
 from .settings import MaskSettings
 

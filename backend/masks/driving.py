@@ -12,17 +12,17 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from backend.scail2.errors import Scail2InputError
-from backend.scail2.masks import PALETTE_NAMES, background_colour
+from backend.scail2.masks import background_colour
 from backend.scail2.media import VideoClip, write_png_sequence
 
-from .check import MaskCheck, check_mask
+from .check import check_mask
+from .results import MaskResult, describe_identities
 from .sam3_loader import LazyFrames, Sam3Segmenter
 from .settings import MaskSettings
 from .tracking import Track, identity_colours, paint_frame, resolve_identities
@@ -31,54 +31,6 @@ from .tracking import Track, identity_colours, paint_frame, resolve_identities
 Progress = Callable[[int, int], None]
 # Objects SAM3 may track at once (its own default is 10000): enough for 6 identities found by several prompts.
 MAX_TRACKED_OBJECTS = 16
-
-
-@dataclass
-class Identity:
-    """One coloured subject of a mask, for reports and for matching the reference to the driving clip."""
-
-    colour: str
-    track_id: int
-    prompt: str
-    first_frame: int
-    centroid_x: float
-    area_fraction: float
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "colour": self.colour,
-            "track_id": self.track_id,
-            "prompt": self.prompt,
-            "first_frame": self.first_frame,
-            "centroid_x": round(self.centroid_x, 4),
-            "area_fraction": round(self.area_fraction, 4),
-        }
-
-
-@dataclass
-class MaskResult:
-    """A painted mask (``clip`` for driving masks, ``image`` for reference masks) and what went into it."""
-
-    identities: list[Identity]
-    check: MaskCheck
-    clip: VideoClip | None = None
-    image: np.ndarray | None = None
-    source: str = "sam3"
-    warnings: list[str] = field(default_factory=list)
-
-
-def describe_identities(identities: list[Track], colours: list[int]) -> list[Identity]:
-    return [
-        Identity(
-            PALETTE_NAMES[colour],
-            track.track_id,
-            track.prompt,
-            track.first_frame,
-            track.first_centroid_x(),
-            track.mean_area_fraction(),
-        )
-        for track, colour in zip(identities, colours, strict=True)
-    ]
 
 
 @torch.inference_mode()

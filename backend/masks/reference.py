@@ -14,7 +14,7 @@ from backend.scail2.errors import Scail2InputError
 from backend.scail2.masks import background_colour, mask_from_alpha
 
 from .check import check_mask
-from .driving import MaskResult, describe_identities
+from .results import MaskResult, describe_identities
 from .sam3_loader import Sam3Segmenter
 from .settings import MaskSettings
 from .tracking import Track, identity_colours, paint_frame, resolve_identities
