@@ -28,10 +28,9 @@ def colours_in(frames: np.ndarray) -> set[tuple[int, int, int]]:
 @pytest.mark.parametrize(
     ("clip_name", "mode", "background", "suffix"),
     [
+        # Each clip once and each mode once (tracking dominates the runtime); both writers.
         ("carphone", "animation", BLACK, ".mkv"),
-        ("carphone", "replacement", WHITE, ""),
-        ("bigbuckbunny", "animation", BLACK, ""),
-        ("bigbuckbunny", "replacement", WHITE, ".mkv"),
+        ("bigbuckbunny", "replacement", WHITE, ""),
     ],
 )
 def test_driving_mask_matches_the_clip_and_the_mode(
