@@ -79,13 +79,14 @@ def enabled_addon() -> str | None:
                 None)
 
 
-def load_addon_from_source() -> str:
+def load_addon_from_source(temporary: list[str]) -> str:
     """Enable the extension from this source tree through a local extension repository (no zip, no copy)."""
     import addon_utils
     import bpy
 
     prefs = bpy.context.preferences
     folder = Path(tempfile.mkdtemp(prefix="scail_batch_ext_"))
+    temporary.append(str(folder))
     link = folder / ADDON_ID
     try:
         link.symlink_to(REPO, target_is_directory=True)
@@ -102,7 +103,7 @@ def load_addon_from_source() -> str:
     return module
 
 
-def configure_workers(module: str, args: argparse.Namespace) -> bool:
+def configure_workers(module: str, args: argparse.Namespace, temporary: list[str]) -> bool:
     """Put the command line's workers into the preferences; return True when a local worker was started."""
     import bpy
 
@@ -127,7 +128,8 @@ def configure_workers(module: str, args: argparse.Namespace) -> bool:
         server.url, server.token = prefs.remote_url, prefs.remote_token
     prefs.backend, prefs.python_path, prefs.checkpoint_dir = "LOCAL", python, os.path.abspath(args.checkpoint)
     prefs.device = args.device
-    prefs.data_dir = tempfile.mkdtemp(prefix="scail_batch_worker_")
+    prefs.data_dir = tempfile.mkdtemp(prefix="scail_batch_worker_")  # results are downloaded beside the .blend
+    temporary.append(prefs.data_dir)
     try:
         bpy.ops.scail.local_worker_start()
     except RuntimeError as error:  # the operator's error report
@@ -206,23 +208,27 @@ def run(argv: list[str] | None = None) -> int:
     if argv is None and "bpy" in sys.modules:
         blender_args = _blender_argv()
     args = parse_args(blender_args if blender_args is not None else (sys.argv[1:] if argv is None else argv))
+    temporary: list[str] = []  # folders this run made: the add-on link and the local worker's job store
     try:
-        return _run(args)
+        return _run(args, temporary)
     except SetupError as error:
         print(f"scail-batch: {error}", file=sys.stderr, flush=True)
         return EXIT_SETUP
+    finally:
+        for folder in temporary:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, temporary: list[str]) -> int:
     if args.blend and not os.path.isfile(args.blend):
         raise SetupError(f"{args.blend}: no such .blend file")
     import bpy  # the module (console script) or Blender's own
 
     if not args.blend and not bpy.data.filepath:
         raise SetupError("give the .blend file to render")
-    module = enabled_addon() or load_addon_from_source()
+    module = enabled_addon() or load_addon_from_source(temporary)
     pkg = importlib.import_module(module)
-    started_worker = configure_workers(module, args)
+    started_worker = configure_workers(module, args, temporary)
     try:
         if args.blend and (not bpy.data.filepath or not os.path.samefile(args.blend, bpy.data.filepath)):
             bpy.ops.wm.open_mainfile(filepath=os.path.abspath(args.blend))

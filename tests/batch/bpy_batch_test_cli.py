@@ -24,7 +24,8 @@ def scail_batch(args: list[str], user_dir: Path, console_script: bool = False) -
     return subprocess.run([*command, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_command_line_renders_reports_and_exits_with_the_right_code(scene, workers, broken_clip, tmp_path):
+def test_command_line_renders_reports_and_exits_with_the_right_code(scene, workers, broken_clip, tmp_path,
+                                                                    tiny_checkpoint_dir):
     shots = setup_shots(scene, [("CamB", 1, 1), ("CamC", 11, 1)])
     shots[1].driving_file = str(broken_clip)
     bpy.ops.wm.save_mainfile()
@@ -74,3 +75,10 @@ def test_command_line_renders_reports_and_exits_with_the_right_code(scene, worke
     # A shot that does not exist: the batch does not start.
     result = scail_batch([blend, "--shots", "Nope", *servers], tmp_path / "user3")
     assert result.returncode == 2 and "no shot named 'Nope'" in result.stderr, result.stdout + result.stderr
+
+    # With its own local worker instead of servers (the Python running the command has the backend).
+    result = scail_batch([blend, "--shots", "CamB", "--checkpoint", str(tiny_checkpoint_dir), "--device", "cpu"],
+                         tmp_path / "user4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "scene_batch.json").read_text())
+    assert report["counts"]["skipped"] == 1 and report["workers"][0].startswith("http://127.0.0.1:")

@@ -111,3 +111,26 @@ def test_least_busy_healthy_worker_is_chosen(pkg, workers):
     assert wrong_token.load is None and "refused the token" in wrong_token.problem
     with pytest.raises(connection.BackendUnavailable, match="no healthy worker"):
         servers.least_busy([loads[0], wrong_token], {}, {})
+
+
+def test_ui_batch_is_stepped_by_a_timer(scene, pkg, workers):
+    """In the UI the batch runs from a timer, one step at a time; here the timer's function is called directly
+    because background mode has no event loop."""
+    batch = pkg.addon.batch
+    assert bpy.ops.scail.shot_add() == {"FINISHED"}
+    assert bpy.ops.scail.shot_duplicate() == {"FINISHED"}
+    for shot in scene.scail_batch.shots:
+        shot.camera = None  # fails at once, before any render: the stepping is what is tested
+    run = batch.start_in_background(scene, None, bpy.context)
+    assert batch.active_run() is run and bpy.types.SCAIL_OT_batch_cancel.poll(bpy.context)
+    with pytest.raises(batch.BatchError, match="already running"):
+        batch.start_in_background(scene, None, bpy.context)
+    ticks = 0
+    while batch._tick() is not None:
+        ticks += 1
+        assert ticks < 50
+    assert ticks >= 2  # one shot per step
+    assert [shot.status for shot in scene.scail_batch.shots] == ["failed", "failed"]
+    assert scene.scail_batch.status == "failed" and run.finished
+    assert not bpy.types.SCAIL_OT_batch_cancel.poll(bpy.context)
+    batch.stop_active()
