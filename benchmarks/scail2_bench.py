@@ -334,6 +334,36 @@ def time_stages(pipe: Scail2Pipeline, request: GenerationRequest, device: torch.
     return {"stages_s": stages, "seconds": round(sum(stages.values()), 3), "_output": None}
 
 
+def probe_attention(recorder: Recorder, device: torch.device, tokens: int, backends: list[str]) -> None:
+    """Time self-attention (N x N) and the two cross-attentions (N x 257, N x 512) per backend, alone."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    from backend.scail2.accel.attention import DIFFUSERS_BACKENDS
+
+    heads, head_dim = 40, 128
+    generator = torch.Generator(device=device).manual_seed(3)
+    query = torch.randn(1, tokens, heads, head_dim, device=device, dtype=torch.bfloat16, generator=generator)
+    for kv_tokens, what in ((tokens, "self"), (257, "cross_image"), (512, "cross_text")):
+        key, value = (torch.randn(1, kv_tokens, heads, head_dim, device=device, dtype=torch.bfloat16,
+                                  generator=generator) for _ in range(2))
+        for name in backends:
+            def call(name=name, key=key, value=value):
+                return dispatch_attention_fn(query, key, value, backend=DIFFUSERS_BACKENDS[name])
+            try:
+                for _ in range(2):
+                    call()
+                timer = Timer(device)
+                times = [timer(call)[0] for _ in range(5)]
+            except Exception as error:  # a backend that cannot run this shape
+                recorder.add({"kind": "attention", "what": what, "backend": name, "tokens": tokens,
+                              "kv_tokens": kv_tokens, "error": f"{type(error).__name__}: {error}"[:500]})
+                continue
+            median = statistics.median(times)
+            recorder.add({"kind": "attention", "what": what, "backend": name, "tokens": tokens,
+                          "kv_tokens": kv_tokens, "seconds": round(median, 5),
+                          "tflops": round(4 * tokens * kv_tokens * heads * head_dim / median / 1e12, 1)})
+
+
 def profile_forward(model, inputs, device, path: Path) -> None:
     """One profiled forward: the top CUDA kernels by time go to the log and to `path`."""
     from torch.profiler import ProfilerActivity, profile
@@ -365,13 +395,14 @@ class Recorder:
             json.dump(self.records, handle, indent=1)
         os.replace(handle.name, self.path)
         shown = {k: record.get(k) for k in ("kind", "height", "width", "dtype", "mode", "seconds", "peak_gb",
-                                             "warmup_s", "rel_err_vs_bf16", "error")}
+                                             "warmup_s", "rel_err_vs_bf16", "what", "backend", "tflops", "error")
+                 if record.get(k) is not None}
         print("RECORD", json.dumps(shown), flush=True)
 
 
 def print_table(records: list[dict[str, Any]]) -> None:
     columns = ("kind", "mode", "height", "width", "dtype", "seconds", "warmup_s", "peak_gb", "rel_err_vs_bf16",
-               "attention_backend_resolved")
+               "attention_backend_resolved", "cross_attention_backend_resolved")
     print("\n" + " | ".join(columns))
     for record in records:
         print(" | ".join(str(record.get(c, "")) for c in columns))
@@ -417,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="profile one forward at the first --forward size")
     parser.add_argument("--low-vram-vae-tiling", default="settings", choices=("settings", "on", "off", "both"))
     parser.add_argument("--attention-backend", default="auto")
+    parser.add_argument("--cross-attention-backend", default="same")
+    parser.add_argument("--attention-probe", type=int, default=0,
+                        help="time attention backends alone at this many tokens (48832 = 512p, 95920 = 704p)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--repeats", type=int, default=2, help="timed forwards after the warm-up")
     parser.add_argument("--window-repeats", type=int, default=1, help="timed windows after the warm-up")
@@ -438,10 +472,14 @@ def main(argv: list[str] | None = None) -> int:
     print("ENV", json.dumps(env), flush=True)
 
     total_gib = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
-    overrides: dict[str, Any] = {"attention_backend": args.attention_backend}
+    overrides: dict[str, Any] = {"attention_backend": args.attention_backend,
+                                 "cross_attention_backend": args.cross_attention_backend}
     if args.no_compile:
         overrides["compile_blocks"] = False
     settings = PerformanceSettings.for_memory(total_gib, **overrides)
+
+    if args.attention_probe and device.type == "cuda":
+        probe_attention(recorder, device, args.attention_probe, ["cudnn", "torch_flash", "efficient"])
 
     dtype = torch.bfloat16
     begin = time.perf_counter()
@@ -450,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.synchronize(device)
     build_s = time.perf_counter() - begin
     state = apply_performance_settings(transformer, settings, device)
-    base = {"attention_backend_resolved": state.attention_backend, "frames": FRAMES, "label": args.label,
+    base = {"attention_backend_resolved": state.attention_backend,
+            "cross_attention_backend_resolved": state.cross_attention_backend, "frames": FRAMES, "label": args.label,
             "tiny": args.tiny, "build_s": round(build_s, 1), "memory_cap_gib": None}
     print("SETTINGS", json.dumps(state.to_dict()), flush=True)
 
@@ -521,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         state.fp8_linears = convert_blocks_to_fp8(nn.ModuleList(transformer_blocks(transformer)))
         state.settings = dataclasses.replace(state.settings, fp8_linear=True)
         state.attention_backend = select_attention_backend(settings.attention_backend, device, eight_bit=True)
-        set_attention_backend(transformer, state.attention_backend)
+        cross = None if settings.cross_attention_backend == "same" else settings.cross_attention_backend
+        set_attention_backend(transformer, state.attention_backend, cross)
         if settings.compile_blocks:
             torch._dynamo.reset()  # the blocks changed: compile the fp8 graph afresh
             compile_blocks(transformer)

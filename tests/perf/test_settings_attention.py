@@ -42,3 +42,12 @@ def test_setting_the_backend_reaches_every_processor():
     block = WanTransformerBlock(dim=64, ffn_dim=128, num_heads=2, added_kv_proj_dim=64)
     assert set_attention_backend(block, "math") == 2
     assert {p._attention_backend.value for p in (block.attn1.processor, block.attn2.processor)} == {"_native_math"}
+
+
+def test_cross_attention_can_take_its_own_backend():
+    block = WanTransformerBlock(dim=64, ffn_dim=128, num_heads=2, added_kv_proj_dim=64)
+    assert set_attention_backend(block, "native", cross_name="math") == 2
+    assert block.attn1.processor._attention_backend.value == "native"
+    assert block.attn2.processor._attention_backend.value == "_native_math"
+    with pytest.raises(ValueError, match="cross_attention_backend"):
+        PerformanceSettings(cross_attention_backend="fastest")

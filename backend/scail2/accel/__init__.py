@@ -56,11 +56,13 @@ class AccelerationState:
     fp8_linears: int = 0
     compiled_blocks: int = 0
     streamer: BlockStreamer | None = field(default=None, repr=False)
+    cross_attention_backend: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         report = self.settings.to_dict()
         report.update(
             attention_backend_resolved=self.attention_backend,
+            cross_attention_backend_resolved=self.cross_attention_backend or self.attention_backend,
             fp8_linears=self.fp8_linears,
             compiled_blocks=self.compiled_blocks,
             streamed_host_gib=round(self.streamer.host_bytes / 2**30, 2) if self.streamer else 0.0,
@@ -87,6 +89,9 @@ def apply_performance_settings(transformer: nn.Module, settings: PerformanceSett
     else:
         transformer.to(device)
     backend = select_attention_backend(settings.attention_backend, device, eight_bit=settings.fp8_linear)
-    set_attention_backend(transformer, backend)
+    cross = None
+    if settings.cross_attention_backend != "same":
+        cross = select_attention_backend(settings.cross_attention_backend, device)
+    set_attention_backend(transformer, backend, cross)
     compiled = compile_blocks(transformer) if settings.compile_blocks else 0
-    return AccelerationState(settings, backend, fp8_count, compiled, streamer)
+    return AccelerationState(settings, backend, fp8_count, compiled, streamer, cross or backend)

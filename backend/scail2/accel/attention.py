@@ -22,6 +22,7 @@ DIFFUSERS_BACKENDS = {
     "flash3": "_flash_3",  # FlashAttention-3 (flash_attn_interface), Hopper only
     "flash": "flash",  # FlashAttention-2 package
     "sage": "sage",  # SageAttention (8-bit QK), where installed
+    "torch_flash": "_native_flash",  # PyTorch's built-in FlashAttention-2 kernel
     "efficient": "_native_efficient",
     "native": "native",  # PyTorch SDPA, its own kernel choice
     "math": "_native_math",
@@ -111,13 +112,20 @@ def attention_processors(model: nn.Module) -> Iterable[object]:
             yield processor
 
 
-def set_attention_backend(model: nn.Module, name: str) -> int:
-    """Point every attention processor of `model` at backend `name`; returns how many were set."""
+def set_attention_backend(model: nn.Module, name: str, cross_name: str | None = None) -> int:
+    """Point every attention processor of `model` at backend `name`; returns how many were set.
+
+    `cross_name` (when given) is used instead for cross-attention modules (`is_cross_attention`), whose
+    keys are the 257 + 512 context tokens: a kernel tuned for long keys is not always the best there.
+    """
     from diffusers.models.attention_dispatch import AttentionBackendName
 
-    backend = AttentionBackendName(DIFFUSERS_BACKENDS[name])
     count = 0
-    for processor in attention_processors(model):
-        processor._attention_backend = backend
+    for module in model.modules():
+        processor = getattr(module, "processor", None)
+        if processor is None or not hasattr(processor, "_attention_backend"):
+            continue
+        chosen = cross_name if cross_name and getattr(module, "is_cross_attention", False) else name
+        processor._attention_backend = AttentionBackendName(DIFFUSERS_BACKENDS[chosen])
         count += 1
     return count

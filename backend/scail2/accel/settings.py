@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-ATTENTION_CHOICES = ("auto", "cudnn", "flash3", "flash", "sage", "efficient", "native", "math")
+ATTENTION_CHOICES = ("auto", "cudnn", "flash3", "flash", "torch_flash", "sage", "efficient", "native", "math")
 
 # GPU memory class (GiB as torch reports it; an "80 GB" H100 reports ~79.2) -> defaults. Measured on one
 # H100 80GB: the bf16 DiT weights are 30.6 GiB, a 704p forward's activations ~12 GiB, umT5-XXL 10.6 GiB.
@@ -28,6 +28,8 @@ class PerformanceSettings:
     Fields (worker flag in brackets):
         attention_backend [--attention-backend]: one of ATTENTION_CHOICES; "auto" picks per GPU at start-up
             (cuDNN SDPA on Hopper and newer, FlashAttention-3 when installed, torch's SDPA choice elsewhere).
+        cross_attention_backend [--cross-attention-backend]: "same" or a name from ATTENTION_CHOICES for the
+            cross-attention over the 769 context tokens only.
         fp8_linear [--fp8]: run the transformer blocks' big linears as fp8 e4m3 matmuls with per-output-row
             weight scales and per-token activation scales (Hopper/Ada and newer). Off by default: it changes
             the output by a few percent relative error.
@@ -40,6 +42,7 @@ class PerformanceSettings:
     """
 
     attention_backend: str = "auto"
+    cross_attention_backend: str = "same"
     fp8_linear: bool = False
     compile_blocks: bool = True
     low_vram: bool = False
@@ -50,6 +53,11 @@ class PerformanceSettings:
         if self.attention_backend not in ATTENTION_CHOICES:
             raise ValueError(
                 f"attention_backend={self.attention_backend!r} is not one of {', '.join(ATTENTION_CHOICES)}"
+            )
+        if self.cross_attention_backend not in ("same", *ATTENTION_CHOICES[1:]):
+            raise ValueError(
+                f"cross_attention_backend={self.cross_attention_backend!r} is not 'same' or one of "
+                f"{', '.join(ATTENTION_CHOICES[1:])}"
             )
 
     @classmethod
