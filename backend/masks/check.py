@@ -3,8 +3,10 @@
 The model turns a mask into colour classes by thresholding each channel at 225/255 (``compress_mask_to_latent``).
 A channel is unambiguous when it is clearly on (>= 226) or clearly off (<= 29); every on/off combination of the
 three channels is a palette colour, white or black, so a pixel is ambiguous exactly when one of its channels sits
-in between -- what anti-aliased edges, JPEG/H.264 compression and colour management produce. The counting is the
-engine's ``inspect_mask`` with a tolerance of 29.
+in between -- what anti-aliased edges, JPEG/H.264 compression and colour management produce.
+
+The result equals the engine's ``inspect_mask`` at a tolerance of 29 (a test holds them equal), computed per
+channel instead of by nearest colour, which is about 50 times faster: a 300-frame full-HD mask takes seconds.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from backend.scail2.masks import BLACK, PALETTE_NAMES, WHITE, inspect_mask
+from backend.scail2.masks import BLACK, PALETTE_NAMES, PALETTE_RGB, WHITE, MaskReport
 
 # Each channel within 29 of 0 or 255: on means > 225 exactly as the model thresholds, off mirrors it.
 UNAMBIGUOUS_TOLERANCE = 29
@@ -43,6 +45,45 @@ class MaskCheck:
         }
 
 
+def _class_table() -> tuple[list[str], np.ndarray]:
+    """Class names and, for each on/off code R*4 + G*2 + B, the index of its name."""
+    names = [*PALETTE_NAMES, "white", "black"]
+    colours = [*PALETTE_RGB, WHITE, BLACK]
+    code_to_class = np.empty(8, dtype=np.int64)
+    for index, (red, green, blue) in enumerate(colours):
+        code_to_class[(red > 0) * 4 + (green > 0) * 2 + (blue > 0)] = index
+    return names, code_to_class
+
+
+def classify_mask(mask: np.ndarray) -> MaskReport:
+    """The engine's ``MaskReport`` for a [H, W, 3] or [T, H, W, 3] uint8 mask at tolerance 29, per channel."""
+    frames = np.asarray(mask)[..., :3]
+    if frames.ndim == 3:
+        frames = frames[None]
+    names, code_to_class = _class_table()
+    white, black = names.index("white"), names.index("black")
+    counts = np.zeros(len(names), dtype=np.int64)
+    border_white = border_black = border_total = 0
+    low, high = UNAMBIGUOUS_TOLERANCE, 255 - UNAMBIGUOUS_TOLERANCE
+    for frame in frames:
+        on = frame >= high
+        matched = (on | (frame <= low)).all(axis=-1)
+        classes = code_to_class[on[..., 0] * 4 + on[..., 1] * 2 + on[..., 2]]
+        counts += np.bincount(classes[matched], minlength=len(names))
+        edge = np.concatenate([classes[0], classes[-1], classes[:, 0], classes[:, -1]])
+        edge_matched = np.concatenate([matched[0], matched[-1], matched[:, 0], matched[:, -1]])
+        border_white += int(np.count_nonzero(edge_matched & (edge == white)))
+        border_black += int(np.count_nonzero(edge_matched & (edge == black)))
+        border_total += edge.size
+    total = frames.shape[0] * frames.shape[1] * frames.shape[2]
+    return MaskReport(
+        unmatched_fraction=1.0 - float(counts.sum()) / total,
+        colour_fractions={name: float(counts[i]) / total for i, name in enumerate(names)},
+        border_white_fraction=border_white / border_total,
+        border_black_fraction=border_black / border_total,
+    )
+
+
 def check_mask(
     mask: np.ndarray,
     expected_background: tuple[int, int, int] | None = None,
@@ -55,7 +96,7 @@ def check_mask(
         raise ValueError(
             f"{name}: expected a [H, W, 3] or [T, H, W, 3] uint8 mask, got {mask.shape} {mask.dtype}"
         )
-    report = inspect_mask(mask, tolerance=UNAMBIGUOUS_TOLERANCE)
+    report = classify_mask(mask)
     warnings = []
     if report.unmatched_fraction > warn_fraction:
         warnings.append(

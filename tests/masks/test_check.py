@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from backend.masks.check import check_mask
-from backend.scail2.masks import BLACK, PALETTE_RGB, WHITE
+from backend.masks.check import UNAMBIGUOUS_TOLERANCE, check_mask, classify_mask
+from backend.scail2.masks import BLACK, PALETTE_RGB, WHITE, inspect_mask
 
 
 def two_subjects(
@@ -74,3 +74,19 @@ def test_wrong_polarity_warns() -> None:
 def test_rejects_non_masks() -> None:
     with pytest.raises(ValueError, match="uint8"):
         check_mask(np.zeros((4, 4, 3), np.float32))
+
+
+def test_classification_equals_the_engines_inspect_mask() -> None:
+    """The fast per-channel classification is the engine's nearest-colour one at tolerance 29."""
+    rng = np.random.default_rng(0)
+    # Values near the decision edges (0, 29, 30, 225, 226, 255) and anywhere else, plus clean palette patches.
+    edges = np.array([0, 1, 28, 29, 30, 31, 128, 224, 225, 226, 227, 254, 255], np.uint8)
+    mixed = rng.choice(edges, size=(3, 20, 24, 3))
+    mixed[:, :5, :5] = PALETTE_RGB[4]
+    mixed[1] = rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
+    for mask in (mixed, mixed[0], np.asarray(two_subjects((40, 30), WHITE))):
+        fast, engine = classify_mask(mask), inspect_mask(mask, tolerance=UNAMBIGUOUS_TOLERANCE)
+        assert fast.unmatched_fraction == pytest.approx(engine.unmatched_fraction, abs=1e-12)
+        assert fast.colour_fractions == pytest.approx(engine.colour_fractions, abs=1e-12)
+        assert fast.border_white_fraction == pytest.approx(engine.border_white_fraction, abs=1e-12)
+        assert fast.border_black_fraction == pytest.approx(engine.border_black_fraction, abs=1e-12)
