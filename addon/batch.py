@@ -486,10 +486,10 @@ def _redraw() -> None:
                 area.tag_redraw()
 
 
-def stop_active() -> None:
-    """Cancel the UI's batch (on unregister or a new file)."""
+def stop_active(cancel_jobs: bool = True) -> None:
+    """End the UI's batch (on unregister or a new file); ``cancel_jobs`` also cancels its jobs on the workers."""
     global _active
-    if _active is not None:
+    if _active is not None and cancel_jobs:
         _active.request_cancel()
     if bpy.app.timers.is_registered(_tick):
         bpy.app.timers.unregister(_tick)
@@ -542,3 +542,21 @@ def shot_report(scene, shot) -> dict:
 
 def _seconds(value: float) -> float | None:
     return round(value, 3) if value >= 0 else None
+
+
+@bpy.app.handlers.persistent
+def _on_load_pre(*_args) -> None:
+    """Opening another file ends the UI's batch: its shots belong to the file being closed (the jobs under way
+    stay on their workers and in that file's job list, where Refresh follows them)."""
+    stop_active(cancel_jobs=False)
+
+
+def register() -> None:
+    if _on_load_pre not in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.append(_on_load_pre)
+
+
+def unregister() -> None:
+    stop_active()
+    if _on_load_pre in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(_on_load_pre)

@@ -254,8 +254,9 @@ _register, _unregister = register_factory(classes)
 
 def register() -> None:
     _register()
+    batch.register()
 
 
 def unregister() -> None:
-    batch.stop_active()
+    batch.unregister()
     _unregister()
