@@ -15,6 +15,7 @@ driving clip's fps, and ``color_anchor`` can match later windows' colours to the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -80,7 +81,8 @@ class WindowResult:
 
     ``frames`` [t, H, W, 3] uint8 excludes the history frames and any tail padding. ``history`` holds float32 CPU
     tensors: "tail" [3, overlap, H, W], the decoded frames the next window re-encodes, and with colour
-    anchoring "anchor" [2, 3] (the first window's per-channel mean and std). Persist it with ``save`` to resume.
+    anchoring "anchor" [2, 3] (the first window's per-channel mean and std), and "seed" [1] int64 (a resumed request
+    without a seed takes it from here). Persist it with ``save`` to resume.
     """
 
     index: int
@@ -352,7 +354,7 @@ class Scail2Pipeline:
         the result is identical to an uninterrupted run. Raises ``GenerationCancelled`` when ``should_cancel()``
         returns True (checked between steps), ``Scail2InputError`` for bad inputs.
         """
-        sampling = request.sampling.with_seed()
+        sampling = _seed_for_resume(request.sampling, resume).with_seed()
         prepared = prepare_inputs(request)  # bad inputs fail before any weights change
         self.set_loras(request.effective_loras, sampling.preset)
         windows = self.plan_windows(prepared.num_frames, request)
@@ -627,6 +629,7 @@ class Scail2Pipeline:
                 history["tail"] = previous_tail
             if anchor is not None:
                 history["anchor"] = anchor
+            history["seed"] = torch.tensor([int(sampling.seed)], dtype=torch.int64)
             result = WindowResult(window.index, frames_to_uint8(real[:, window.history :]), history)
             results.append(result)
             if trace is not None:
@@ -703,6 +706,26 @@ def _pin_history(latent: torch.Tensor, history_latent: torch.Tensor | None) -> t
 def _check_cancel(should_cancel: Callable[[], bool] | None) -> None:
     if should_cancel is not None and should_cancel():
         raise GenerationCancelled("generation cancelled")
+
+
+def _seed_for_resume(sampling: SamplingSettings, resume: Sequence[WindowResult] | None) -> SamplingSettings:
+    """A resumed job must reuse the seed of its finished windows: taken from them when the request has none."""
+    saved = {int(w.history["seed"][0]) for w in resume or () if "seed" in w.history}
+    if not saved:
+        return sampling
+    if len(saved) > 1:
+        raise Scail2InputError(
+            f"resume: the windows come from runs with different seeds {sorted(saved)}", field="resume"
+        )
+    seed = saved.pop()
+    if sampling.seed is None:
+        return dataclasses.replace(sampling, seed=seed)
+    if sampling.seed != seed:
+        raise Scail2InputError(
+            f"resume: the finished windows were made with seed {seed}, this request has seed {sampling.seed}",
+            field="resume",
+        )
+    return sampling
 
 
 def _check_resume(

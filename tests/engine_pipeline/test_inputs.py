@@ -214,3 +214,15 @@ def test_colour_anchor_matches_channel_statistics():
     flat = out.transpose(0, 1).reshape(5, 3, -1).transpose(0, 1).reshape(3, -1)
     torch.testing.assert_close(flat.mean(1), anchor[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(flat.std(1), anchor[1], atol=1e-5, rtol=0)
+
+
+def test_resume_reuses_the_saved_seed():
+    from backend.scail2.pipeline import WindowResult, _seed_for_resume
+
+    saved = [WindowResult(0, np.zeros((9, 64, 96, 3), np.uint8), {"seed": torch.tensor([123])})]
+    assert _seed_for_resume(SamplingSettings(), saved).seed == 123
+    assert _seed_for_resume(SamplingSettings(seed=123), saved).seed == 123
+    assert _seed_for_resume(SamplingSettings(), None).seed is None
+    with pytest.raises(Scail2InputError, match="seed 123") as info:
+        _seed_for_resume(SamplingSettings(seed=5), saved)
+    assert info.value.field == "resume"
