@@ -28,6 +28,20 @@ class MaskOptions(BaseModel):
         None, ge=0.0, le=1.0, description="SAM3 detection threshold; default: the checkpoint's"
     )
 
+    @field_validator("mask_colours")
+    @classmethod
+    def _check_colours(cls, value: list[str] | None) -> list[str] | None:
+        """Known, distinct palette colours, so a typo fails at submission rather than when the job runs."""
+        if value is None:
+            return value
+        # The palette lives with the engine (torch): loaded only when colours are given.
+        from .tracking import parse_colour
+
+        indices = [parse_colour(colour) for colour in value]  # ValueError names the unknown colour
+        if len(set(indices)) != len(indices):
+            raise ValueError(f"mask_colours must be distinct, got {value}")
+        return value
+
 
 class MaskPreviewSpec(MaskOptions):
     """The JSON ``spec`` field of ``POST /v1/masks`` (file fields: ``reference`` and/or ``driving``)."""

@@ -86,3 +86,18 @@ def test_preview_zip_and_spec(service, media_root, short_clips, tmp_path) -> Non
 def test_service_checks_its_folder_at_start(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         MaskService(tmp_path / "nope", device="cpu")
+
+
+def test_job_specs_refuse_bad_mask_options_at_submission() -> None:
+    from backend.worker.schemas import JobSpec
+
+    spec = JobSpec.model_validate({"driving_mask": "auto", "mask_prompts": "dancer", "mask_colours": ["Red", "0"]})
+    assert settings_from_spec(spec).colours == (1, 0)
+    with pytest.raises(ValueError, match="unknown mask colour 'orange'"):
+        JobSpec.model_validate({"driving_mask": "auto", "mask_colours": ["orange"]})
+    with pytest.raises(ValueError, match="distinct"):
+        JobSpec.model_validate({"mask_colours": ["red", "red"]})
+    with pytest.raises(ValueError, match="mask_identities"):
+        JobSpec.model_validate({"mask_identities": 9})
+    with pytest.raises(ValueError, match="mask_prompt"):
+        JobSpec.model_validate({"mask_prompt": "typo"})  # unknown keys are refused
