@@ -48,7 +48,7 @@ def test_generate_imports_exactly_the_returned_frames(scene, local_worker, pkg, 
     returned = sorted(f["name"].split("/")[-1] for f in manifest["files"] if f["kind"] == "frame")
     assert len(returned) == 5 and os.path.isfile(os.path.join(job_dir, "result.mp4"))
     # The strip holds exactly the returned frames, in order, at the chosen channel and start.
-    strip = scene.sequence_editor.strips_all[f"SCAIL {job.key}"]
+    strip = pkg.addon.compat.vse_strips(scene, all_levels=True)[f"SCAIL {job.key}"]
     assert [e.filename for e in strip.elements] == returned
     assert os.path.samefile(bpy.path.abspath(strip.directory), os.path.join(job_dir, "frames"))
     assert (strip.channel, strip.frame_final_start, strip.frame_final_duration) == (3, 10, 5)
@@ -65,7 +65,7 @@ def test_generate_imports_exactly_the_returned_frames(scene, local_worker, pkg, 
     assert scene.camera.data.show_background_images
 
 
-def test_reopening_restores_the_job_list(scene, local_worker, tmp_path):
+def test_reopening_restores_the_job_list(scene, local_worker, pkg):
     setup_generation(scene, frames=3)
     assert bpy.ops.scail.generate() == {"FINISHED"}
     saved = [(j.key, j.job_id, j.status, j.output_dir) for j in scene.scail.jobs]
@@ -76,7 +76,7 @@ def test_reopening_restores_the_job_list(scene, local_worker, tmp_path):
     bpy.ops.wm.open_mainfile(filepath=path)
     scene = bpy.context.scene
     assert [(j.key, j.job_id, j.status, j.output_dir) for j in scene.scail.jobs] == saved
-    assert f"SCAIL {saved[0][0]}" in scene.sequence_editor.strips_all
+    assert f"SCAIL {saved[0][0]}" in pkg.addon.compat.vse_strips(scene, all_levels=True)
 
 
 def test_results_that_finish_while_closed_are_fetched_on_load(scene, local_worker, pkg):
@@ -96,7 +96,7 @@ def test_results_that_finish_while_closed_are_fetched_on_load(scene, local_worke
     scene = bpy.context.scene
     job = next(j for j in scene.scail.jobs if j.key == key)
     assert job.status == "succeeded" and job.imported, job.message
-    assert f"SCAIL {key}" in scene.sequence_editor.strips_all
+    assert f"SCAIL {key}" in pkg.addon.compat.vse_strips(scene, all_levels=True)
 
 
 def test_deleted_output_folder_is_reported_and_downloaded_again(scene, local_worker, pkg):
@@ -134,14 +134,14 @@ def test_cancel_stops_a_job(scene, local_worker, pkg):
     pkg.addon.connection.make_client(pkg.addon.connection.resolve_target()).cancel(blocker)
 
 
-def test_delete_job_removes_everything(scene, local_worker):
+def test_delete_job_removes_everything(scene, local_worker, pkg):
     setup_generation(scene, frames=3)
     bpy.ops.scail.generate()
     job = scene.scail.jobs[-1]
     key, folder = job.key, bpy.path.abspath(job.output_dir)
     assert bpy.ops.scail.job_delete() == {"FINISHED"}
     assert not scene.scail.jobs and not os.path.exists(folder)
-    assert f"SCAIL {key}" not in scene.sequence_editor.strips_all
+    assert f"SCAIL {key}" not in pkg.addon.compat.vse_strips(scene, all_levels=True)
     assert not [b for b in scene.camera.data.background_images if b.image is not None]
 
 
@@ -170,7 +170,7 @@ def test_worker_that_dies_mid_job(scene, local_worker, pkg):
     job = scene.scail.jobs[-1]
     assert job.status == "disconnected"
     assert not os.path.isdir(os.path.join(bpy.path.abspath(job.output_dir), "frames"))
-    assert f"SCAIL {job.key}" not in (scene.sequence_editor.strips_all if scene.sequence_editor else {})
+    assert f"SCAIL {job.key}" not in pkg.addon.compat.vse_strips(scene, all_levels=True)
     manager.stop()
     assert bpy.ops.scail.local_worker_start() == {"FINISHED"}
     bpy.ops.scail.jobs_refresh()

@@ -57,7 +57,8 @@ if INNER:
     def tiny_checkpoint_dir(tmp_path_factory) -> Path:
         """A tiny untrained checkpoint written by the engine's own tool (in a separate process: torch)."""
         folder = tmp_path_factory.mktemp("tiny_ckpt")
-        subprocess.run([str(addon_helpers.backend_python()), "-m", "backend.scail2.tiny", str(folder)],
+        python = os.environ.get("SCAIL_TEST_WORKER_PYTHON") or str(addon_helpers.backend_python())
+        subprocess.run([python, "-m", "backend.scail2.tiny", str(folder)],
                        cwd=REPO, check=True, timeout=300, capture_output=True)
         return folder
 
@@ -65,11 +66,12 @@ if INNER:
     def local_worker(addon, tiny_checkpoint_dir, tmp_path_factory):
         """The add-on's own local worker on the tiny checkpoint, started through its preferences and operator.
 
-        The worker runs with this environment's Python, where ``make setup`` installed the backend.
+        The worker runs with this environment's Python, where ``make setup`` installed the backend, unless
+        ``SCAIL_TEST_WORKER_PYTHON`` names another (e.g. when this suite runs under an older ``bpy``).
         """
         prefs = bpy.context.preferences.addons[addon].preferences
         prefs.backend = "LOCAL"
-        prefs.python_path = sys.executable
+        prefs.python_path = os.environ.get("SCAIL_TEST_WORKER_PYTHON") or sys.executable
         prefs.checkpoint_dir = str(tiny_checkpoint_dir)
         prefs.device = "cpu"
         prefs.data_dir = str(tmp_path_factory.mktemp("worker"))
