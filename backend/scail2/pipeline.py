@@ -188,9 +188,13 @@ def _channel_stats(video: torch.Tensor) -> torch.Tensor:
     return torch.stack([flat.mean(dim=1), flat.std(dim=1)])
 
 
-def anchor_colours(video: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-    """Shift and scale each channel of ``video`` [3, T, H, W] so its mean/std equal ``anchor`` [2, 3]."""
-    stats = _channel_stats(video).to(video.device)
+def anchor_colours(video: torch.Tensor, anchor: torch.Tensor, measured_frames: int | None = None) -> torch.Tensor:
+    """Shift and scale each channel of ``video`` [3, T, H, W] so its mean/std equal ``anchor`` [2, 3].
+
+    The statistics are measured on the first ``measured_frames`` frames (default all), so that tail padding
+    (copies of the last frame) does not weigh in.
+    """
+    stats = _channel_stats(video[:, :measured_frames]).to(video.device)
     anchor = anchor.to(video.device)
     scale = anchor[1] / stats[1].clamp_min(1e-6)
     out = (video.float() - stats[0].view(3, 1, 1, 1)) * scale.view(3, 1, 1, 1) + anchor[0].view(3, 1, 1, 1)
@@ -621,7 +625,7 @@ class Scail2Pipeline:
                 if anchor is None:
                     anchor = _channel_stats(video[:, : window.end - window.start]).cpu()
                 else:
-                    video = anchor_colours(video, anchor)
+                    video = anchor_colours(video, anchor, window.end - window.start)
             real = video[:, : window.end - window.start]
             history = {}
             if window.index + 1 < len(windows):
