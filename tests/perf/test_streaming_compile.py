@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
-from backend.scail2.accel import StreamedBlock, compile_blocks, enable_block_streaming, transformer_blocks
+from backend.scail2.accel import StreamedBlockList, compile_blocks, enable_block_streaming, transformer_blocks
 from backend.scail2.rope import TokenLayout, scail2_rope_tables
 
 _SLOW = pytest.mark.skipif(not os.environ.get("SCAIL_SLOW_TESTS"), reason="set SCAIL_SLOW_TESTS=1")
@@ -35,8 +35,10 @@ def test_streamed_blocks_give_identical_outputs_and_keep_weights_in_one_host_buf
     latents, timestep, text = _inputs()
     with torch.no_grad():
         reference = model(latents, timestep, text, return_dict=False)[0]
+        names = list(model.state_dict())
         streamer = enable_block_streaming(model, "cpu", pin=False)
-        assert all(isinstance(block, StreamedBlock) for block in model.blocks)
+        assert isinstance(model.blocks, StreamedBlockList)
+        assert list(model.state_dict()) == names  # checkpoint and LoRA key names are unchanged
         first = model(latents, timestep, text, return_dict=False)[0]
         second = model(latents, timestep, text, return_dict=False)[0]  # wraps around: block 0 prefetched
     assert torch.equal(first, reference) and torch.equal(second, reference)
@@ -46,6 +48,23 @@ def test_streamed_blocks_give_identical_outputs_and_keep_weights_in_one_host_buf
         assert all(t.untyped_storage().data_ptr() == host for t in packed.tensors)
     assert streamer.host_bytes >= sum(p.numel() * p.element_size() for b in transformer_blocks(model)
                                       for p in b.parameters())
+
+
+def test_weights_rebound_between_forwards_are_streamed_in():
+    """LoRA fusing assigns new tensors to parameters (`param.data = ...`); the next forward must use them."""
+    model = _tiny_wan()
+    latents, timestep, text = _inputs()
+    with torch.no_grad():
+        enable_block_streaming(model, "cpu", pin=False)
+        before = model(latents, timestep, text, return_dict=False)[0]
+        param = dict(model.named_parameters())["blocks.1.ffn.net.2.weight"]
+        param.data = param.detach() * 1.5
+        after = model(latents, timestep, text, return_dict=False)[0]
+        reference_model = _tiny_wan()
+        dict(reference_model.named_parameters())["blocks.1.ffn.net.2.weight"].data.mul_(1.5)
+        reference = reference_model(latents, timestep, text, return_dict=False)[0]
+    assert not torch.equal(after, before)
+    assert torch.equal(after, reference)
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=_SLOW)])

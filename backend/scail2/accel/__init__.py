@@ -19,7 +19,7 @@ from .fp8 import Fp8Linear, convert_blocks_to_fp8, fp8_supported
 from .settings import ATTENTION_CHOICES, PerformanceSettings
 from .streaming import (
     BlockStreamer,
-    StreamedBlock,
+    StreamedBlockList,
     enable_block_streaming,
     is_parked,
     load_module,
@@ -32,7 +32,7 @@ __all__ = [
     "BlockStreamer",
     "Fp8Linear",
     "PerformanceSettings",
-    "StreamedBlock",
+    "StreamedBlockList",
     "apply_performance_settings",
     "compile_blocks",
     "convert_blocks_to_fp8",

@@ -10,8 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .streaming import StreamedBlock
-
 # One graph per (resolution, frames, cond/uncond context length) combination; allow plenty before dynamo
 # gives up and falls back to eager.
 _RECOMPILE_LIMIT = 64
@@ -25,11 +23,11 @@ def _configure_dynamo() -> None:
 
 
 def transformer_blocks(model: nn.Module, blocks_attr: str = "blocks") -> list[nn.Module]:
-    """The model's blocks, unwrapped from `StreamedBlock` where low-VRAM streaming is on."""
+    """The model's transformer blocks (the modules themselves, also where low-VRAM streaming is on)."""
     blocks = getattr(model, blocks_attr, None)
     if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
         raise ValueError(f"model.{blocks_attr} must be a non-empty nn.ModuleList of transformer blocks")
-    return [block.block if isinstance(block, StreamedBlock) else block for block in blocks]
+    return list(blocks._modules.values())
 
 
 def compile_blocks(model: nn.Module, mode: str | None = None, fullgraph: bool = True,

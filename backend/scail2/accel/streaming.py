@@ -7,8 +7,11 @@ a copy waits until the slot's previous block finished computing, and the compute
 On an H100 a 14B block (0.8 GB bf16) copies in ~30 ms against 130-430 ms of compute per block at 512p-704p,
 so the copy hides behind compute.
 
-Each block is wrapped in a `StreamedBlock` that does the bookkeeping and then calls the original block,
-so a compiled block (regional torch.compile) stays compiled and sees its tensors on the GPU as usual.
+The block list is replaced by a `StreamedBlockList` holding the same modules under the same names; iterating
+it (the model's forward does `for block in self.blocks`) yields callables that do the bookkeeping around the
+original block's call, so a compiled block (regional torch.compile) stays compiled and sees its tensors on
+the GPU as usual. Weights rebound between forwards (LoRA fusing assigns new tensors) are copied back into
+the pinned buffer before the block's next load.
 """
 
 from __future__ import annotations
@@ -47,6 +50,19 @@ class _PackedBlock:
         nbytes = like.numel() * like.element_size()
         return buffer[offset : offset + nbytes].view(like.dtype).view(like.shape)
 
+    def absorb_rebound(self) -> int:
+        """Copy into the host buffer any tensor whose `.data` was rebound elsewhere (e.g. by LoRA fusing,
+        which assigns new tensors), and point it back; returns how many were absorbed."""
+        host = self.host.untyped_storage().data_ptr()
+        absorbed = 0
+        for tensor, offset in zip(self.tensors, self.offsets, strict=True):
+            if tensor.untyped_storage().data_ptr() != host:
+                view = self._view(self.host, tensor, offset)
+                view.copy_(tensor.detach())
+                tensor.data = view
+                absorbed += 1
+        return absorbed
+
     def point_at(self, buffer: torch.Tensor) -> None:
         """Make every tensor of the block a view into `buffer` (host or a GPU slot)."""
         for tensor, offset in zip(self.tensors, self.offsets, strict=True):
@@ -75,6 +91,7 @@ class BlockStreamer:
             if other_slot == slot:
                 del self.loaded[other]
         packed = self.packed[index]
+        packed.absorb_rebound()  # between forwards every tensor points at the host buffer unless rebound
         target = self.slots[slot][: packed.nbytes]
         if self.use_streams:
             with torch.cuda.stream(self.copy_stream):
@@ -112,17 +129,15 @@ class BlockStreamer:
         self.packed[index].point_at(self.packed[index].host)
 
 
-class StreamedBlock(nn.Module):
-    """Wraps one transformer block: load its weights (prefetched), run it, release its slot."""
+class _StreamedCall:
+    """Calls one block with its weights streamed in around the call."""
+
+    __slots__ = ("block", "index", "streamer")
 
     def __init__(self, block: nn.Module, index: int, streamer: BlockStreamer) -> None:
-        super().__init__()
-        self.block = block
-        self.index = index
-        # A plain attribute, not a submodule: the streamer is shared and holds no parameters.
-        object.__setattr__(self, "streamer", streamer)
+        self.block, self.index, self.streamer = block, index, streamer
 
-    def forward(self, *args, **kwargs):
+    def __call__(self, *args, **kwargs):
         self.streamer.before(self.index)
         try:
             return self.block(*args, **kwargs)
@@ -130,19 +145,33 @@ class StreamedBlock(nn.Module):
             self.streamer.after(self.index)
 
 
+class StreamedBlockList(nn.ModuleList):
+    """The model's block list with streaming: the same modules under the same names (state dict keys, LoRA
+    targets and hooks are unchanged), but iterating it, as the model's forward does, yields callables that
+    bring each block's weights in before its call and release them after."""
+
+    def __init__(self, blocks: list[nn.Module], streamer: BlockStreamer) -> None:
+        super().__init__(blocks)
+        object.__setattr__(self, "streamer", streamer)  # shared bookkeeping, not a submodule
+
+    def __iter__(self):
+        return (_StreamedCall(block, index, self.streamer) for index, block in enumerate(self._modules.values()))
+
+
 def enable_block_streaming(model: nn.Module, device: torch.device | str, blocks_attr: str = "blocks",
                            pin: bool = True) -> BlockStreamer:
     """Move `model` to `device` except its blocks, which stream from pinned host memory.
 
-    Returns the streamer (its `host_bytes` and `slots` say where the memory went). Call after any weight
-    conversion (fp8, LoRA merge) and before compiling, or compile the inner blocks first: both orders work,
-    the wrapper only brackets the block call.
+    Returns the streamer (its `host_bytes` and `slots` say where the memory went). Call after any fp8
+    conversion; compiling may come before or after (the blocks themselves are not wrapped).
     """
     device = torch.device(device)
     blocks = getattr(model, blocks_attr)
     if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
         raise ValueError(f"model.{blocks_attr} must be a non-empty nn.ModuleList of transformer blocks")
-    inner = [block.block if isinstance(block, StreamedBlock) else block for block in blocks]
+    if isinstance(blocks, StreamedBlockList):
+        return blocks.streamer
+    inner = list(blocks._modules.values())
     # Packing copies each tensor straight into pinned host memory (from the GPU if the block was built
     # there) and frees the original, so the peak is one block above the final footprint.
     streamer = BlockStreamer(nn.ModuleList(inner), device, pin=pin and device.type == "cuda")
@@ -155,7 +184,7 @@ def enable_block_streaming(model: nn.Module, device: torch.device | str, blocks_
     for buffer in model.buffers(recurse=False):
         if buffer is not None:
             buffer.data = buffer.data.to(device)
-    setattr(model, blocks_attr, nn.ModuleList(StreamedBlock(b, i, streamer) for i, b in enumerate(inner)))
+    model._modules[blocks_attr] = StreamedBlockList(inner, streamer)
     return streamer
 
 
