@@ -1,6 +1,7 @@
 """Checks that need several processes; run under torchrun by test_distributed.py (gloo, CPU).
 
     torchrun --nproc-per-node 2 tests/parallel/distributed_checks.py
+    torchrun --nproc-per-node 4 tests/parallel/distributed_checks.py --cfg-parallel   # CFG 2 x sequence 2
 
 Every rank runs the same checks; rank 0 prints one JSON line per check: ``{"check", "max_abs_err", ...}``.
 Each compares a split computation with the same computation done whole in this process before splitting.
@@ -9,12 +10,18 @@ Each compares a split computation with the same computation done whole in this p
 from __future__ import annotations
 
 import json
+import sys
 
 import torch
 import torch.distributed as dist
 
 from backend.scail2.accel import compile_blocks
-from backend.scail2.parallel import enable_cfg_parallel, enable_sequence_parallel, init_parallel
+from backend.scail2.parallel import (
+    enable_cfg_parallel,
+    enable_sequence_parallel,
+    init_parallel,
+    parallelize_transformer,
+)
 from backend.scail2.parallel.collectives import all_gather_tokens, heads_to_sequence, sequence_to_heads
 from backend.scail2.transformer_scail2 import SCAIL2Transformer
 
@@ -129,7 +136,33 @@ def check_compiled_blocks() -> None:
     report("compiled_blocks", float((split - whole).abs().max()), scale=float(whole.abs().max()))
 
 
+@torch.no_grad()
+def check_cfg_times_sequence(runtime) -> None:
+    """The runtime's layout: CFG halves on two groups, each half sequence-parallel within its group."""
+    model = tiny_transformer(2 * runtime.sp_degree, seed=9)
+    inputs = tiny_inputs(1, 3, 1, seed=17)
+    batched = {k: torch.cat([v, v]) for k, v in inputs.items()}
+    batched["context"] = torch.cat([inputs["context"], torch.zeros_like(inputs["context"])])
+    whole = model(**batched).sample
+    parallel = parallelize_transformer(model, runtime)
+    split = model(**batched).sample
+    report(
+        "cfg_times_sequence",
+        float((split - whole).abs().max()),
+        sp_degree=runtime.sp_degree,
+        cfg_degree=runtime.cfg_degree,
+        split_forwards=parallel.cfg.split_forwards,
+        sequence_forwards=parallel.sequence.state.forwards,
+        scale=float(whole.abs().max()),
+    )
+
+
 def main() -> None:
+    if "--cfg-parallel" in sys.argv:
+        runtime = init_parallel(backend="gloo", cfg_parallel=True)
+        check_cfg_times_sequence(runtime)
+        runtime.shutdown()
+        return
     runtime = init_parallel(backend="gloo")
     world, rank = runtime.world_size, runtime.rank
     check_collectives(world, rank)

@@ -136,6 +136,14 @@ def test_split_forwards_equal_whole_forwards(tmp_path: Path):
     assert cfg["split_forwards"] == 1 and cfg["halves_differ"] > 1e-3 and cfg["max_abs_err"] <= 1e-5
 
 
+def test_cfg_groups_times_sequence_groups_on_four_processes(tmp_path: Path):
+    out = torchrun(4, "tests/parallel/distributed_checks.py", "--cfg-parallel", log_dir=tmp_path / "logs")
+    (record,) = json_lines(out[:1])
+    assert (record["sp_degree"], record["cfg_degree"]) == (2, 2)
+    assert record["split_forwards"] == 1 and record["sequence_forwards"] == 1
+    assert record["max_abs_err"] <= 1e-5 * max(1.0, record["scale"]), record
+
+
 def _check_parity_output(out: list[str], nproc: int, report_dir: Path, split: bool) -> list[dict]:
     records = json_lines(out)
     assert records and all(r["ok"] for r in records), [r for r in records if not r["ok"]]
