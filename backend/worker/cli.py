@@ -209,6 +209,8 @@ def serve(args: argparse.Namespace) -> int:
         ssl_certfile=str(args.ssl_certfile) if args.ssl_certfile else None,
         ssl_keyfile=str(args.ssl_keyfile) if args.ssl_keyfile else None,
         timeout_keep_alive=30,
+        # A client holding a keep-alive (TLS) connection must not keep a stopping worker alive.
+        timeout_graceful_shutdown=5,
         limit_concurrency=512,
     )
     server = _make_server(config)
@@ -230,7 +232,8 @@ def serve(args: argparse.Namespace) -> int:
                 store.apply_retention(max_age, max_bytes)
             except Exception:
                 log.exception("retention sweep failed")
-            retention_stop.wait(RETENTION_SWEEP_S)
+            runner.job_finished.wait(RETENTION_SWEEP_S)
+            runner.job_finished.clear()
             store.close()
 
     def watch_parent() -> None:
@@ -252,6 +255,7 @@ def serve(args: argparse.Namespace) -> int:
         server.run(sockets=[sock])  # handles SIGINT/SIGTERM by finishing in-flight requests and returning
     finally:
         retention_stop.set()
+        runner.job_finished.set()
         runner.stop()
         log.info("worker stopped")
     return 0

@@ -186,6 +186,9 @@ class JobRunner:
         self._current: str | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="scail-gpu-runner", daemon=True)
+        # Set after every finished job: the retention sweep waits on it, so a burst of jobs cannot outrun the
+        # disk budget between timed sweeps.
+        self.job_finished = threading.Event()
 
     # -- control from other threads --
 
@@ -335,6 +338,7 @@ class JobRunner:
             extra={"job": job.id, "status": status, "attempt": job.attempts, "settings": summary,
                    "timings": timings, "error": error},
         )
+        self.job_finished.set()
 
 
 def _window_type() -> type:

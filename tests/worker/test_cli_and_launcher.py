@@ -6,16 +6,24 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
+from worker_helpers import SHORT_SPEC, wait_until
 
-from backend.client import WorkerClient
+from backend.client import BadRequest, WorkerClient
 from backend.launcher import LocalWorker, WorkerStartError
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _result_gone(client: WorkerClient, job_id: str) -> BadRequest | None:
+    try:
+        client.result_manifest(job_id)
+    except BadRequest as error:
+        return error
+    return None
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -45,7 +53,8 @@ def test_launcher_reports_a_broken_checkpoint_with_the_log_tail(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a test certificate")
-def test_generated_token_is_printed_once_and_tls_works(tiny_checkpoint, tmp_path):
+def test_generated_token_tls_and_retention(tiny_checkpoint, inputs, tmp_path):
+    """One worker with a generated token, HTTPS, and a tiny disk budget that removes each result once written."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
                     "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
@@ -54,7 +63,7 @@ def test_generated_token_is_printed_once_and_tls_works(tiny_checkpoint, tmp_path
     process = subprocess.Popen(
         [sys.executable, "-m", "backend.worker.cli", "serve", "--checkpoint", str(tiny_checkpoint), "--data",
          str(tmp_path / "data"), "--device", "cpu", "--port", "0", "--ssl-certfile", str(cert), "--ssl-keyfile",
-         str(key), "--log-file", str(log_file)],
+         str(key), "--log-file", str(log_file), "--retention-gb", "0.000001"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "SCAIL_WORKER_TOKEN": ""},
     )
@@ -65,11 +74,17 @@ def test_generated_token_is_printed_once_and_tls_works(tiny_checkpoint, tmp_path
         token = token_line.split()[-1]
         assert ready_line.startswith("SCAIL-WORKER READY https://127.0.0.1:")
         url = ready_line.split()[-1]
-        health = WorkerClient(url, token, verify=str(cert)).health()
-        assert health["authenticated"] is True
+        client = WorkerClient(url, token, verify=str(cert))
+        assert client.health()["authenticated"] is True
         with pytest.raises(requests.exceptions.SSLError):
             requests.get(f"{url}/v1/health", timeout=10)  # an unverified certificate is refused by default
-        time.sleep(0.2)
+
+        job_id = client.submit(SHORT_SPEC, inputs.files())
+        assert client.wait(job_id, poll_interval=0.05, timeout=120)["status"] == "succeeded"
+        # The disk budget (1 KiB) is exceeded by any result: the sweep after the job removes its files.
+        expired = wait_until(lambda: _result_gone(client, job_id), timeout=30)
+        assert expired.status == 410 and expired.code == "expired"
+        assert client.status(job_id)["status"] == "succeeded", "the job row stays"
         assert token not in log_file.read_text(), "the token never reaches the log"
     finally:
         process.terminate()

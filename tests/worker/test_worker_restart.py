@@ -13,7 +13,8 @@ from worker_helpers import SHORT_SPEC, start_worker, wait_until
 from backend.worker.store import JobStore
 
 # 29 driving frames in windows of 13 (8 new frames each after 5 of history): windows [0,13) [8,21) [16,29).
-THREE_WINDOWS = {**SHORT_SPEC, "frame_range": [0, 29], "segment_len": 13, "steps": 4, "seed": 11}
+# 60 steps keep each window busy for a second or more, so the kill lands between the first window and the end.
+THREE_WINDOWS = {**SHORT_SPEC, "frame_range": [0, 29], "segment_len": 13, "steps": 60, "seed": 11}
 
 
 def test_kill_9_mid_job_then_restart_resumes_and_runs_the_queue(tiny_checkpoint, inputs, tmp_path):
@@ -27,6 +28,7 @@ def test_kill_9_mid_job_then_restart_resumes_and_runs_the_queue(tiny_checkpoint,
     os.kill(first.pid, signal.SIGKILL)
     first.process.wait(10)
     first.stop()
+    assert JobStore(data).get(long_job).status == "running", "the kill must land while the job runs"
 
     # What the crash left on disk: the first window's frames, committed before the kill.
     window_file = data / "jobs" / long_job / "windows" / "0000.safetensors"
