@@ -78,6 +78,9 @@ def test_shard_pads_the_tail_and_covers_every_token():
     joined = torch.cat(pieces, dim=1)
     assert joined[0, :10, 0].tolist() == list(range(10))
     assert joined[0, 10:, 0].tolist() == [-1.0, -1.0]
+    # More ranks than tokens: the last ranks hold padding only.
+    short = [SequenceShard(2, 4, rank).take(full[:, :2], dim=1, pad_value=-1.0) for rank in range(4)]
+    assert torch.cat(short, dim=1)[0, :, 0].tolist() == [0.0, 1.0, -1.0, -1.0]
     with pytest.raises(ValueError, match="expected 10 tokens"):
         shards[0].take(torch.zeros(1, 9, 1), dim=1)
 

@@ -77,8 +77,10 @@ class SequenceShard:
             raise ValueError(
                 f"expected {self.full_len} tokens along dim {dim}, got a tensor of shape {tuple(x.shape)}"
             )
+        # A rank past the end of a very short sequence holds padding only.
+        start = min(self.start, self.full_len)
         end = min(self.start + self.local_len, self.full_len)
-        local = x.narrow(dim, self.start, max(end - self.start, 0))
+        local = x.narrow(dim, start, end - start)
         missing = self.local_len - local.shape[dim]
         if missing:
             pad_shape = list(x.shape)
