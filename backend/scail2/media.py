@@ -183,7 +183,7 @@ def read_video(
             field=field,
         )
     channels = 4 if info.has_alpha else 3
-    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgba" if channels == 4 else "rgb24")
+    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgba" if channels == 4 else "rgb24", bpp=channels)
     frames: list[np.ndarray] = []
     try:
         next(reader)  # the metadata dict again

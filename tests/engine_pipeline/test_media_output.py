@@ -128,3 +128,21 @@ def test_failed_write_leaves_nothing(tmp_path: Path):
     with pytest.raises(ValueError, match="even sides"):
         write_frames_atomic(odd, tmp_path / "job")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("codec", "pix_fmt", "suffix"), [("ffv1", "bgra", ".mkv"), ("qtrle", "argb", ".mov")])
+def test_videos_with_alpha_read_as_rgba(tmp_path: Path, codec: str, pix_fmt: str, suffix: str):
+    # Lossless RGBA renders (Blender: FFV1 or QuickTime RLE with alpha) keep their alpha for the mask.
+    import imageio_ffmpeg
+
+    frames = np.random.default_rng(2).integers(0, 255, (4, 32, 48, 4), dtype=np.uint8)
+    path = tmp_path / f"render{suffix}"
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (48, 32), pix_fmt_in="rgba", pix_fmt_out=pix_fmt, codec=codec, fps=24, macro_block_size=1
+    )
+    writer.send(None)
+    for frame in frames:
+        writer.send(frame)
+    writer.close()
+    assert probe_video(path).has_alpha
+    np.testing.assert_array_equal(read_video(path).frames, frames)
