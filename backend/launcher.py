@@ -67,7 +67,8 @@ class LocalWorker:
         self.url: str | None = None
         self.token: str | None = None
         self.process: subprocess.Popen | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one start() at a time; stop() never takes it (see stop)
+        self._stopping = threading.Event()
 
     def __repr__(self) -> str:
         return f"LocalWorker(url={self.url!r}, pid={self.pid})"
@@ -109,6 +110,7 @@ class LocalWorker:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             if self.log_path.is_file() and self.log_path.stat().st_size > LOG_ROTATE_BYTES:
                 os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
+            self._stopping.clear()
             self.token = secrets.token_urlsafe(32)
             env = {**os.environ, **self.env, TOKEN_ENV: self.token, "PYTHONUNBUFFERED": "1"}
             # An explicit PYTHONPATH (e.g. the add-on naming the chosen environment's backend) comes first; the
@@ -142,6 +144,8 @@ class LocalWorker:
             for line in text.splitlines():
                 if line.startswith(READY_PREFIX):
                     return line[len(READY_PREFIX):].strip()
+            if self._stopping.is_set():
+                raise WorkerStartError("the worker was stopped while it was starting", self.log_tail())
             assert self.process is not None
             code = self.process.poll()
             if code is not None:
@@ -179,9 +183,11 @@ class LocalWorker:
     def stop(self, timeout: float = 20.0) -> int | None:
         """Ask the worker to stop (SIGTERM: it requeues its running job), kill it after ``timeout`` seconds.
         Returns its exit code (None if it was never started)."""
-        with self._lock:
-            atexit.unregister(self.stop)
-            return self._terminate(timeout)
+        # Not under self._lock: start() holds it while it waits for the ready line, and stop() must work then
+        # too (Blender quitting while the model loads runs this from atexit on the main thread).
+        self._stopping.set()
+        atexit.unregister(self.stop)
+        return self._terminate(timeout)
 
     def _terminate(self, timeout: float = 20.0) -> int | None:
         process = self.process

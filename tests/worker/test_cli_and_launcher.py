@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,26 @@ def test_generated_token_tls_and_retention(tiny_checkpoint, inputs, tmp_path):
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0
     assert token not in stderr
+
+
+def test_stop_while_starting_does_not_wait_for_the_start(tiny_checkpoint, tmp_path):
+    """Blender quitting while the model loads: stop() from another thread ends the start at once."""
+    worker = LocalWorker(sys.executable, tiny_checkpoint, tmp_path / "data", device="cpu",
+                         log_path=tmp_path / "w.log", ready_timeout=120)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            worker.start()
+        except BaseException as error:  # noqa: BLE001 - collected for the assertion
+            errors.append(error)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    wait_until(lambda: worker.process is not None, timeout=30, interval=0.01)
+    began = time.monotonic()
+    worker.stop(timeout=20)
+    starter.join(30)
+    assert time.monotonic() - began < 25 and not starter.is_alive()
+    assert not worker.is_running()
+    assert errors and isinstance(errors[0], WorkerStartError)
