@@ -24,8 +24,13 @@ def test_health_with_and_without_token(worker):
     assert full["device"] == "cpu" and full["gpu"] is None
     assert full["model"]["loaded"] is True and full["model"]["dtype"] == "float32"
     assert set(full["model"]["loras"]) >= {"lightx2v", "dpo", "relight"}
-    assert full["queue"] == {"queued": 0, "running": 0} or sum(full["queue"].values()) >= 0
+    assert set(full["queue"]) == {"queued", "running"}
     assert full["limits"]["max_upload_mb"] == 8
+    schema = requests.get(f"{worker.url}/openapi.json", timeout=10).json()
+    assert {"/v1/health", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/result",
+            "/v1/jobs/{job_id}/result/frames/{index}", "/v1/jobs/{job_id}/result/zip",
+            "/v1/jobs/{job_id}/result/mp4"} <= set(schema["paths"])
+    assert {"JobSpec", "JobStatus", "ErrorResponse", "ResultManifest"} <= set(schema["components"]["schemas"])
 
 
 def test_submit_progress_and_verified_download(worker, inputs, tmp_path):
