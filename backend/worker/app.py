@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -49,6 +49,8 @@ log = logging.getLogger("scail.worker.api")
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 MAX_IDEMPOTENCY_KEY = 200
 MAX_SPEC_BYTES = 64 << 10
+SSE_POLL_S = 0.25
+SSE_KEEPALIVE_S = 15.0
 # Decoding and validating uploads holds whole clips in memory; two at a time bounds that.
 VALIDATION_SLOTS = 2
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -374,6 +376,36 @@ def create_app(
                            "'canceled', then delete it", "id")
         store.delete(job_id)
         log.info("job deleted", extra={"job": job_id})
+
+    @app.get(f"/{API_VERSION}/jobs/{{job_id}}/events", response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {}}}})
+    async def job_events(job_id: str, request: Request, authorization: Authorization = None) -> StreamingResponse:
+        """Server-sent events: an ``event: status`` with the status body whenever it changes, until the job
+        finishes (or is deleted: ``event: deleted``). An extra to polling, which stays the primary interface."""
+        authorize(authorization)
+        await run_in_threadpool(find_job, job_id)
+
+        async def stream():
+            last, quiet_since = None, asyncio.get_running_loop().time()
+            while not await request.is_disconnected():
+                job = await run_in_threadpool(store.get, job_id)
+                if job is None:
+                    yield "event: deleted\ndata: {}\n\n"
+                    return
+                body = (await run_in_threadpool(job_status_body, store, job)).model_dump_json()
+                now = asyncio.get_running_loop().time()
+                if body != last:
+                    yield f"event: status\ndata: {body}\n\n"
+                    last, quiet_since = body, now
+                elif now - quiet_since > SSE_KEEPALIVE_S:
+                    yield ": keep-alive\n\n"  # a comment line keeps proxies from closing an idle stream
+                    quiet_since = now
+                if job.finished:
+                    return
+                await asyncio.sleep(SSE_POLL_S)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     # -- results --
 

@@ -159,3 +159,22 @@ def test_list_shows_only_the_callers_jobs(worker, inputs):
     assert not any(job["id"] in mine for job in bob.iter_jobs())
     for job_id in mine:
         alice.wait(job_id, poll_interval=0.05, timeout=120)
+
+
+def test_server_sent_events_follow_a_job_to_the_end(worker, inputs):
+    client = worker.client()
+    job_id = client.submit({**SHORT_SPEC, "seed": 31}, inputs.files())
+    headers = {"Authorization": f"Bearer {worker.token}"}
+    events = []
+    with requests.get(f"{worker.url}/v1/jobs/{job_id}/events", headers=headers, stream=True, timeout=120) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in stream.iter_lines(decode_unicode=True):
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line.removeprefix("data: "))))
+    assert all(kind == "status" and body["id"] == job_id for kind, body in events)
+    assert events[-1][1]["status"] == "succeeded", "the stream ends with the final status"
+    assert len({json.dumps(body, sort_keys=True) for _, body in events}) == len(events), "only changes are sent"
+    assert "running" in {body["status"] for _, body in events}
