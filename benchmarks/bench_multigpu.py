@@ -13,8 +13,10 @@ atomically after each GPU count) with the fields of ``scail2_bench.py`` plus ``g
     # the measurement: 704p window (and forward) on 1, 2, 4, 8 H200s
     python benchmarks/bench_multigpu.py --gpus 1,2,4,8 --forward 704x1280 --window 704x1280 \\
         --out benchmarks/results/multigpu_h200.json
-    # CFG-parallel (2) x Ulysses (N/2) on batched CFG forwards (batch 2; the 1-GPU baseline runs the same batch)
+    # CFG-parallel (2) x Ulysses (N/2): batched CFG forwards (batch 2 at every count), and windows with guidance
+    # (the pipeline batches CFG when the DiT is CFG-parallel; the one-GPU baseline runs the two passes in turn)
     python benchmarks/bench_multigpu.py --gpus 1,2,4,8 --cfg-parallel --forward 704x1280 --out ...
+    python benchmarks/bench_multigpu.py --gpus 1,2,4,8 --cfg-parallel --guidance 5 --window 704x1280 --out ...
     # the same code on the CPU at tiny size (gloo; what development uses)
     python benchmarks/bench_multigpu.py --tiny --device cpu --gpus 1,2 --forward 64x96 --window 64x96 --out /tmp/m.json
 
@@ -274,9 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out is required")
     if not (args.forward or args.window):
         parser.error("give --forward and/or --window sizes")
-    if args.cfg_parallel and args.window:
-        parser.error("--cfg-parallel applies to batched CFG forwards; the pipeline runs CFG as two sequential "
-                     "forwards, so time windows without it")
+    if args.cfg_parallel and args.window and (args.guidance is None or args.guidance <= 1.0):
+        parser.error("--cfg-parallel windows need --guidance > 1 (the fast preset has no unconditional pass, so "
+                     "the two halves would compute the same forward)")
     # Everything but the driver-only options goes to the ranks.
     passthrough, skip = [], False
     for index, item in enumerate(argv):

@@ -27,7 +27,7 @@ from backend.scail2.parallel import (
     launched_distributed,
     parallelize_transformer,
 )
-from backend.scail2.parallel.sequence import REPORT_DIR_ENV
+from backend.scail2.parallel.apply import CFG_PARALLEL_ENV, REPORT_DIR_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 PARITY_ROOT = Path(os.environ.get("SCAIL_PARITY_DIR", REPO.parent / "shared" / "parity"))
@@ -160,9 +160,14 @@ def _check_parity_output(out: list[str], nproc: int, report_dir: Path, split: bo
         reports = [json.loads(p.read_text()) for p in sorted(report_dir.glob("rank*.json"))]
         assert len(reports) == nproc, "every rank must have split the DiT"
         for report in reports:
-            assert report["world"] == nproc and report["split_forwards"] > 0, report
-            for tokens, local in zip(report["token_counts"], report["local_tokens"], strict=True):
-                assert local * nproc < tokens + nproc, report  # each rank held only its share
+            sequence, cfg = report["sequence"], report["cfg"]
+            sp_degree = nproc // (cfg["degree"] if cfg else 1)
+            if cfg:
+                assert cfg["split_forwards"] > 0, report
+            if sp_degree > 1:
+                assert sequence["world"] == sp_degree and sequence["split_forwards"] > 0, report
+                for tokens, local in zip(sequence["token_counts"], sequence["local_tokens"], strict=True):
+                    assert local * sp_degree < tokens + sp_degree, report  # each rank held only its share
     return records
 
 
@@ -173,18 +178,24 @@ def _set_dir(set_name: str) -> Path:
     return set_dir
 
 
-@pytest.mark.parametrize(("set_name", "nproc"), [("dit", 2), ("pipeline", 2), ("dit", 4)])
-def test_parity_command_splits_the_dit(set_name: str, nproc: int, tmp_path: Path):
+@pytest.mark.parametrize(
+    ("set_name", "nproc", "cfg_parallel"),
+    [("dit", 2, False), ("pipeline", 2, False), ("dit", 4, False), ("pipeline", 4, True)],
+)
+def test_parity_command_splits_the_dit(set_name: str, nproc: int, cfg_parallel: bool, tmp_path: Path):
     """``torchrun -m backend.scail2.parity DIR``: the DiT sets really run split. dit on 4 processes puts 2 heads
-    over 4 ranks (the all-gather fallback) and pads 114 tokens to 116."""
+    over 4 ranks (the all-gather fallback) and pads 114 tokens to 116; the pipeline on 4 with CFG-parallel runs
+    batched CFG with the conditional half on ranks 0-1 and the unconditional half on ranks 2-3."""
     set_dir = _set_dir(set_name)
     report_dir = tmp_path / "ranks"
     out = torchrun(
         nproc, "-m", "backend.scail2.parity", str(set_dir), log_dir=tmp_path / "logs",
-        env={REPORT_DIR_ENV: str(report_dir)},
+        env={REPORT_DIR_ENV: str(report_dir), CFG_PARALLEL_ENV: "1" if cfg_parallel else "0"},
     )
     records = _check_parity_output(out, nproc, report_dir, split=True)
     assert {r["set"] for r in records} == {set_name}
+    if cfg_parallel:
+        assert all(json.loads(p.read_text())["cfg"]["degree"] == 2 for p in report_dir.glob("rank*.json"))
 
 
 def test_parity_command_other_sets_on_two_processes(tmp_path: Path):

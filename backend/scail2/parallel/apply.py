@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import json
+import os
 from dataclasses import dataclass
+from typing import Any
 
+import torch.distributed as dist
 from torch import nn
 
 from .cfg import CfgParallel, enable_cfg_parallel
@@ -13,6 +18,11 @@ from .sequence import SequenceParallel, enable_sequence_parallel
 # The output projection of the SCAIL-2 transformer: gathering its [B, S, 64] output instead of the last block's
 # [B, S, dim] hidden states moves dim/64 times fewer bytes (80x for the 14B model).
 HEAD_PROJECTION = "proj_out"
+# When set, every process writes `rank<r>.json` there at exit: how many forwards it split and how. Lets a test (or
+# an operator) confirm that a run launched under torchrun really was split, not run N times whole.
+REPORT_DIR_ENV = "SCAIL_PARALLEL_REPORT_DIR"
+# Under torchrun: "1" splits the processes into a conditional and an unconditional half (see init_parallel).
+CFG_PARALLEL_ENV = "SCAIL_CFG_PARALLEL"
 
 
 @dataclass
@@ -21,6 +31,22 @@ class ParallelTransformer:
 
     sequence: SequenceParallel | None
     cfg: CfgParallel | None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "sequence": None if self.sequence is None else self.sequence.state.summary(),
+            "cfg": None
+            if self.cfg is None
+            else {"degree": self.cfg.degree, "rank": self.cfg.rank, "split_forwards": self.cfg.split_forwards},
+        }
+
+    def write_report(self, report_dir: str, global_rank: int) -> None:
+        os.makedirs(report_dir, exist_ok=True)
+        path = os.path.join(report_dir, f"rank{global_rank}.json")
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as handle:
+            json.dump({"global_rank": global_rank, **self.summary()}, handle)
+        os.replace(tmp, path)
 
     def remove(self) -> None:
         for part in (self.cfg, self.sequence):
@@ -56,6 +82,9 @@ def parallelize_transformer(
     cfg = enable_cfg_parallel(transformer, runtime.cfg_group)
     parallel = ParallelTransformer(sequence=sequence, cfg=cfg)
     transformer._parallel = parallel
+    report_dir = os.environ.get(REPORT_DIR_ENV)
+    if report_dir:
+        atexit.register(parallel.write_report, report_dir, dist.get_rank())
     return parallel
 
 
@@ -63,12 +92,13 @@ def parallelize_from_environment(transformer: nn.Module) -> ParallelTransformer 
     """Make ``transformer`` parallel when this process is one of several of a job; otherwise do nothing.
 
     Uses the runtime already set up by `init_parallel`, or, in a process started by torchrun (``WORLD_SIZE`` > 1)
-    that has none yet, sets one up from the torchrun environment. This is what lets any entry point that loads
+    that has none yet, sets one up from the torchrun environment (with CFG-parallel when ``SCAIL_CFG_PARALLEL=1``
+    and the process count is even). This is what lets any entry point that loads
     the DiT (the parity command, the CLI, the worker's rank processes) run split across processes unchanged.
     """
     runtime = current_runtime()
     if runtime is None:
         if not launched_distributed():
             return None
-        runtime = init_parallel()
+        runtime = init_parallel(cfg_parallel=os.environ.get(CFG_PARALLEL_ENV, "0") == "1")
     return parallelize_transformer(transformer, runtime)

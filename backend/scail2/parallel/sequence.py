@@ -25,11 +25,8 @@ stripped, so the head, the video-token slice and unpatchify run unchanged on the
 
 from __future__ import annotations
 
-import atexit
-import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,9 +42,6 @@ logger = logging.getLogger(__name__)
 
 ULYSSES = "ulysses"
 ALL_GATHER_KV = "all_gather_kv"
-# When set, every process writes `rank<r>.json` there at exit: how many forwards it split and how. Lets a test (or
-# an operator) confirm that a run launched under torchrun really was split, not run N times whole.
-REPORT_DIR_ENV = "SCAIL_PARALLEL_REPORT_DIR"
 
 
 @dataclass(frozen=True)
@@ -283,18 +277,6 @@ class SequenceParallel:
         self._first_block = blocks[0]
         gather_module = gather_after if gather_after is not None else blocks[-1]
         self._handles.append(gather_module.register_forward_hook(self._gather))
-        self._global_rank = dist.get_rank()
-        report_dir = os.environ.get(REPORT_DIR_ENV)
-        if report_dir:
-            atexit.register(self._write_report, report_dir)
-
-    def _write_report(self, report_dir: str) -> None:
-        os.makedirs(report_dir, exist_ok=True)
-        path = os.path.join(report_dir, f"rank{self._global_rank}.json")
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as handle:
-            json.dump(self.state.summary(), handle)
-        os.replace(tmp, path)
 
     def _enter_block(self, block: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         if block is self._first_block:
