@@ -449,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--low-vram-vae-tiling", default="settings", choices=("settings", "on", "off", "both"))
     parser.add_argument("--attention-backend", default="auto")
     parser.add_argument("--cross-attention-backend", default="same")
+    parser.add_argument("--strided-ab", action="store_true",
+                        help="after the bf16 forwards, switch to the strided-SDPA processor and repeat them; "
+                             "the later cases keep it unless it failed")
+    parser.add_argument("--fp8-forward", type=sizes, default=None, help="forward sizes of the fp8 pass")
     parser.add_argument("--attention-probe", type=int, default=0,
                         help="time attention backends alone at this many tokens (48832 = 512p, 95920 = 704p)")
     parser.add_argument("--no-compile", action="store_true")
@@ -496,18 +500,21 @@ def main(argv: list[str] | None = None) -> int:
     references: dict[tuple, torch.Tensor] = {}
     pipe: Scail2Pipeline | None = None
 
-    def forward_cases(precision: str, mode: str) -> None:
-        for index, (height, width, repeats) in enumerate(args.forward):
+    def forward_cases(precision: str, mode: str, forward_sizes=None) -> bool:
+        failed = False
+        for index, (height, width, repeats) in enumerate(args.forward if forward_sizes is None else forward_sizes):
             inputs = forward_inputs(transformer, height, width, device, seed=height + width)
             case = {**base, "kind": "forward", "height": height, "width": width, "dtype": precision,
                     "mode": mode, "settings": state.to_dict()}
             count = args.repeats if repeats is None else repeats
             run_case(recorder, case, lambda inputs=inputs, count=count: time_forward(
                 transformer, inputs, device, count), references)
+            failed |= "error" in recorder.records[-1]
             if args.profile and index == 0 and device.type == "cuda":
                 profile_forward(transformer, inputs, device,
                                 args.out.with_name(f"{args.out.stem}_profile_{precision}_{mode}.txt"))
             del inputs
+        return failed
 
     def window_cases(precision: str, mode: str, window_sizes) -> None:
         nonlocal pipe
@@ -537,6 +544,22 @@ def main(argv: list[str] | None = None) -> int:
                          lambda request=request: time_stages(pipe, request, device), references)
 
     forward_cases("bf16", "resident")
+    if args.strided_ab:
+        from backend.scail2.accel import use_strided_attention
+
+        original = {m: m.processor for m in transformer.modules() if hasattr(m, "processor")}
+        use_strided_attention(transformer, state.attention_backend)
+        if settings.compile_blocks:
+            torch._dynamo.reset()
+            compile_blocks(transformer)
+        state.settings = dataclasses.replace(state.settings, strided_attention=True)
+        if forward_cases("bf16", "strided"):
+            for module, processor in original.items():  # back to the diffusers processor for what follows
+                module.set_processor(processor)
+            state.settings = dataclasses.replace(state.settings, strided_attention=False)
+            if settings.compile_blocks:
+                torch._dynamo.reset()
+                compile_blocks(transformer)
     window_cases("bf16", "resident", args.window)
 
     if args.low_vram:
@@ -567,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
             compile_blocks(transformer)
         base["fp8_convert_s"] = round(time.perf_counter() - begin, 1)
         base["attention_backend_resolved"] = state.attention_backend
-        forward_cases("fp8", "resident")
+        forward_cases("fp8", "resident", args.fp8_forward)
         window_cases("fp8", "resident", args.window)
 
     print_table(recorder.records)

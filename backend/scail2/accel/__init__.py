@@ -16,6 +16,7 @@ from torch import nn
 from .attention import select_attention_backend, set_attention_backend
 from .compile import compile_blocks, transformer_blocks
 from .fp8 import Fp8Linear, convert_blocks_to_fp8, fp8_supported
+from .processor import STRIDED_BACKENDS, StridedSDPAProcessor, use_strided_attention
 from .settings import ATTENTION_CHOICES, PerformanceSettings
 from .streaming import (
     BlockStreamer,
@@ -33,6 +34,7 @@ __all__ = [
     "Fp8Linear",
     "PerformanceSettings",
     "StreamedBlockList",
+    "StridedSDPAProcessor",
     "apply_performance_settings",
     "compile_blocks",
     "convert_blocks_to_fp8",
@@ -44,6 +46,7 @@ __all__ = [
     "select_attention_backend",
     "set_attention_backend",
     "transformer_blocks",
+    "use_strided_attention",
 ]
 
 
@@ -93,5 +96,7 @@ def apply_performance_settings(transformer: nn.Module, settings: PerformanceSett
     if settings.cross_attention_backend != "same":
         cross = select_attention_backend(settings.cross_attention_backend, device)
     set_attention_backend(transformer, backend, cross)
+    if settings.strided_attention and backend in STRIDED_BACKENDS and cross in (None, *STRIDED_BACKENDS):
+        use_strided_attention(transformer, backend)
     compiled = compile_blocks(transformer) if settings.compile_blocks else 0
     return AccelerationState(settings, backend, fp8_count, compiled, streamer, cross or backend)

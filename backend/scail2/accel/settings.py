@@ -30,6 +30,8 @@ class PerformanceSettings:
             (cuDNN SDPA on Hopper and newer, FlashAttention-3 when installed, torch's SDPA choice elsewhere).
         cross_attention_backend [--cross-attention-backend]: "same" or a name from ATTENTION_CHOICES for the
             cross-attention over the 769 context tokens only.
+        strided_attention [--strided-attention]: hand SDPA strided views instead of the contiguous copies
+            diffusers' cuDNN backend makes (torch SDPA backends only: cudnn, torch_flash, efficient, native).
         fp8_linear [--fp8]: run the transformer blocks' big linears as fp8 e4m3 matmuls with per-output-row
             weight scales and per-token activation scales (Hopper/Ada and newer). Off by default: it changes
             the output by a few percent relative error.
@@ -43,6 +45,7 @@ class PerformanceSettings:
 
     attention_backend: str = "auto"
     cross_attention_backend: str = "same"
+    strided_attention: bool = False
     fp8_linear: bool = False
     compile_blocks: bool = True
     low_vram: bool = False
