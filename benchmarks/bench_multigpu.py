@@ -17,6 +17,8 @@ atomically after each GPU count) with the fields of ``scail2_bench.py`` plus ``g
     # (the pipeline batches CFG when the DiT is CFG-parallel; the one-GPU baseline runs the two passes in turn)
     python benchmarks/bench_multigpu.py --gpus 1,2,4,8 --cfg-parallel --forward 704x1280 --out ...
     python benchmarks/bench_multigpu.py --gpus 1,2,4,8 --cfg-parallel --guidance 5 --window 704x1280 --out ...
+    # on ONE GPU: one rank's share of an N-GPU 704p forward for N = 2, 4, 8 (compute only, no communication)
+    python benchmarks/bench_multigpu.py --gpus 1 --forward 704x1280 --emulate-ranks 2,4,8 --out ...
     # the same code on the CPU at tiny size (gloo; what development uses)
     python benchmarks/bench_multigpu.py --tiny --device cpu --gpus 1,2 --forward 64x96 --window 64x96 --out /tmp/m.json
 
@@ -26,6 +28,7 @@ Run from the repository root.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -139,7 +142,16 @@ def run_rank(args: argparse.Namespace) -> int:
                       for k, v in inputs.items()}
             inputs["context"][1:] = 0
             inputs["timestep"] = inputs["timestep"].expand(2)
-        if args.sp_on_one_gpu and runtime.world_size == 1:
+        if args.emulate_ranks and runtime.world_size == 1:
+            plain = bench.time_forward(transformer, inputs, device, args.repeats)
+            plain.pop("_output")
+            case = {"kind": "forward_rank_emulated", "height": height, "width": width}
+            records.append({**base, **case, "emulated_world": 1, **plain})
+            for emulated in emulated_rank_forwards(transformer, inputs, device, args.repeats, args.emulate_ranks):
+                world = emulated["emulated_world"]
+                emulated["compute_efficiency"] = round(plain["seconds"] / emulated["seconds"] / world, 3)
+                records.append({**base, **case, **emulated})
+        elif args.sp_on_one_gpu and runtime.world_size == 1:
             record({"kind": "forward", "height": height, "width": width, "sp_forced": True},
                    lambda inputs=inputs: forced_split_forward(transformer, inputs, device, args.repeats))
         else:
@@ -168,6 +180,62 @@ def run_rank(args: argparse.Namespace) -> int:
         os.replace(out.with_suffix(".tmp"), out)
     runtime.shutdown()
     return 0
+
+
+@contextlib.contextmanager
+def emulated_rank_collectives(world: int):
+    """Replace the sequence-parallel exchanges by local tensors of the shapes one rank of ``world`` would receive.
+
+    Only for timing on one GPU: the values are meaningless, the work is one rank's (S/N tokens outside attention,
+    H/N heads over all S tokens inside it). No communication is timed.
+    """
+    from backend.scail2.parallel import sequence as sequence_module
+
+    def to_heads(x, group):
+        heads = x.shape[-2] // world
+        return x[..., :heads, :].repeat_interleave(world, dim=-3) if world > 1 else x
+
+    def to_sequence(x, group):
+        local = x.shape[1] // world
+        return x[:, :local].repeat_interleave(world, dim=2)
+
+    def gather(x, group, dim=1):
+        return torch.cat([x] * world, dim=dim)
+
+    saved = (sequence_module.sequence_to_heads, sequence_module.heads_to_sequence, sequence_module.all_gather_tokens)
+    sequence_module.sequence_to_heads, sequence_module.heads_to_sequence = to_heads, to_sequence
+    sequence_module.all_gather_tokens = gather
+    try:
+        yield
+    finally:
+        (sequence_module.sequence_to_heads, sequence_module.heads_to_sequence,
+         sequence_module.all_gather_tokens) = saved
+
+
+def emulated_rank_forwards(transformer, inputs, device, repeats: int, worlds: list[int]) -> list[dict[str, Any]]:
+    """Per-rank compute of an N-GPU forward, timed on this one GPU for each N (see `emulated_rank_collectives`)."""
+    import scail2_bench as bench
+    import torch.distributed as dist
+
+    from backend.scail2.parallel.sequence import ALL_GATHER_KV, ULYSSES, SequenceParallel
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+    results = []
+    for world in worlds:
+        hooks = SequenceParallel(transformer, dist.group.WORLD, blocks=transformer.blocks,
+                                 gather_after=transformer.proj_out)
+        hooks.state.world, hooks.state.rank = world, 0
+        hooks.state.mode = ULYSSES if hooks.state.num_heads % world == 0 else ALL_GATHER_KV
+        try:
+            with emulated_rank_collectives(world):
+                timed = bench.time_forward(transformer, inputs, device, repeats)
+        finally:
+            hooks.remove()
+        timed.pop("_output")
+        results.append({"emulated_world": world, "sp_mode": hooks.state.mode, **timed})
+    return results
 
 
 # ----------------------------------------------------------------------------------------------- driver
@@ -218,6 +286,11 @@ def run_driver(args: argparse.Namespace, passthrough: list[str]) -> int:
             key = f"{case['kind']}_{case['height']}x{case['width']}"
             case["wall_s"] = wall_s
             output = result["outputs"].get(key)
+            if case["kind"] == "forward_rank_emulated":
+                records.append(case)  # carries its own compute_efficiency
+                print("RECORD", json.dumps({k: case.get(k) for k in (
+                    "kind", "emulated_world", "sp_mode", "seconds", "compute_efficiency", "peak_gb")}), flush=True)
+                continue
             if "seconds" in case and gpus == 1:
                 one_gpu[key] = (case["seconds"], output)
             if key in one_gpu and "seconds" in case:
@@ -232,7 +305,7 @@ def run_driver(args: argparse.Namespace, passthrough: list[str]) -> int:
         write_records(args.out, records)
     print("\ngpus | kind | size | seconds | speedup | efficiency | peak_gb | rel_err_vs_1gpu")
     for case in records:
-        if "kind" in case:
+        if "kind" in case and case["kind"] != "forward_rank_emulated":
             print(f"{case['gpus']} | {case['kind']} | {case['height']}x{case['width']} | {case.get('seconds')} | "
                   f"{case.get('speedup')} | {case.get('efficiency')} | {case.get('peak_gb')} | "
                   f"{case.get('rel_err_vs_1gpu')}")
@@ -257,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=None,
                         help="override the fast preset's guidance (>1 runs both CFG passes)")
     parser.add_argument("--cfg-parallel", action="store_true", help="CFG halves on different GPUs (even counts)")
+    parser.add_argument("--emulate-ranks", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
+                        help="with 1 GPU: time one rank's share of an N-GPU forward for each N given "
+                             "(compute only, no communication; kind forward_rank_emulated)")
     parser.add_argument("--sp-on-one-gpu", action="store_true",
                         help="with 1 GPU: also time the forward through the split path over a one-process group")
     parser.add_argument("--attention-backend", default="auto")
