@@ -5,6 +5,7 @@
                            {"reference": "ref.png", "driving": "clip.mp4"})
     final = client.wait(job_id, on_status=lambda status: print(status["progress"]))
     paths = client.download(job_id, "/tmp/out")        # frames/000000.png ..., result.mp4, manifest.json
+    masks = client.preview_masks({"mode": "animation"}, {"driving": "clip.mp4"}, "/tmp/masks")  # SAM3 workers
 
 Every call is safe to retry: submissions carry an ``Idempotency-Key`` (generated unless given), so a submission
 whose response was lost is not queued twice; connection errors and 5xx answers are retried with exponential
@@ -17,9 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
+import tempfile
 import threading
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -278,6 +283,60 @@ class WorkerClient:
             else:
                 time.sleep(poll_interval)
 
+    def preview_masks(
+        self,
+        spec: Mapping[str, Any],
+        files: Mapping[str, str | os.PathLike[str]],
+        out_dir: str | os.PathLike[str],
+        first_frame: int = 0,
+    ) -> dict[str, Any]:
+        """``POST /v1/masks``: SAM3 masks of a ``reference`` image and/or a ``driving`` clip, unpacked into ``out_dir``.
+
+        ``spec`` carries ``mode``, ``fps``, ``frame_range`` and the ``mask_*`` options (docs/API.md). The worker's
+        zip is unpacked into a temporary folder beside ``out_dir`` and renamed over it, so ``out_dir`` holds either
+        the previous preview or the complete new one. Driving masks are written as
+        ``driving_mask/frame_<first_frame + i>.png`` (5 digits), e.g. numbered by the clip frames they belong to.
+        Raises ``BadRequest`` (409 ``auto_masks_unavailable`` when the worker was started without ``--sam3``,
+        422 naming the field) and ``DownloadError`` for an archive with unexpected contents.
+        Returns ``{"folder": Path, "reference_mask": Path | None, "driving_mask": [Path, ...],
+        "fps": float | None, "summary": dict}`` (``summary`` is the worker's ``masks.json``).
+        """
+        unknown = set(files) - {"reference", "driving"}
+        if unknown or not files:
+            raise ValueError(f"files: send 'reference' and/or 'driving', got {sorted(files)}")
+        if first_frame < 0:
+            raise ValueError(f"first_frame must be >= 0, got {first_frame}")
+        paths = {name: Path(path) for name, path in files.items()}
+        for name, path in paths.items():
+            if not path.is_file():
+                raise BadRequest(0, "missing_file", f"{path}: file not found", name)
+        out = Path(out_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+
+        def body() -> dict[str, Any]:
+            return {"files": {name: (path.name, open(path, "rb"), "application/octet-stream")
+                              for name, path in paths.items()}}
+
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            archive = staging / "masks.zip"
+            response = self._request("POST", f"{API_PREFIX}/masks", stream=True,
+                                     data={"spec": json.dumps(dict(spec))}, make_kwargs=body)
+            with response, open(archive, "wb") as handle:
+                for chunk in response.iter_content(CHUNK):
+                    handle.write(chunk)
+            unpacked = staging / "masks"
+            result = _unpack_masks(archive, unpacked, first_frame)
+            archive.unlink()
+            _replace_dir(unpacked, out)
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise WorkerUnreachable(f"the mask preview from {self.base_url} broke off: {exc}") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return {**result, "folder": out,
+                "reference_mask": out / result["reference_mask"] if result["reference_mask"] else None,
+                "driving_mask": [out / name for name in result["driving_mask"]]}
+
     def result_manifest(self, job_id: str) -> dict[str, Any]:
         """``GET /v1/jobs/{id}/result``: frames, fps, size and every file with size, SHA-256 and URL."""
         return self._json("GET", f"{API_PREFIX}/jobs/{job_id}/result")
@@ -398,6 +457,80 @@ def _safe_target(out: Path, name: str) -> Path:
     if out.resolve() not in target.parents:
         raise DownloadError(f"the worker sent an unsafe file name {name!r}")
     return target
+
+
+MASKS_SUMMARY = "masks.json"
+REFERENCE_MASK = "reference_mask.png"
+_DRIVING_MASK_FRAME = re.compile(r"^driving_mask/frame_(\d+)\.png$")
+
+
+def _unpack_masks(archive_path: Path, folder: Path, first_frame: int) -> dict[str, Any]:
+    """Extract a ``POST /v1/masks`` zip into ``folder`` (which must not exist), accepting only its known names.
+
+    Every entry is written under a name built here (never the archive's own path), so nothing can land outside
+    ``folder``; an unknown entry, a missing ``masks.json`` or driving frames with gaps refuse the whole archive.
+    Returns the relative names written and the summary.
+    """
+    def refuse(why: str) -> DownloadError:
+        return DownloadError(f"the worker's mask archive is not usable: {why}")
+
+    try:
+        archive = zipfile.ZipFile(archive_path)
+    except zipfile.BadZipFile as exc:
+        raise refuse(f"not a zip file ({exc})") from exc
+    with archive:
+        entries = [info for info in archive.infolist() if not info.is_dir()]
+        frames: dict[int, zipfile.ZipInfo] = {}
+        reference = summary_entry = None
+        for info in entries:
+            match = _DRIVING_MASK_FRAME.match(info.filename)
+            if match:
+                frames[int(match.group(1))] = info
+            elif info.filename == REFERENCE_MASK:
+                reference = info
+            elif info.filename == MASKS_SUMMARY:
+                summary_entry = info
+            else:
+                raise refuse(f"unexpected entry {info.filename!r}")
+        if summary_entry is None:
+            raise refuse(f"{MASKS_SUMMARY} is missing")
+        try:
+            summary = json.loads(archive.read(summary_entry))
+        except ValueError as exc:
+            raise refuse(f"{MASKS_SUMMARY} is not JSON ({exc})") from exc
+        if sorted(frames) != list(range(len(frames))):
+            raise refuse(f"driving mask frames are not numbered 0..{len(frames) - 1}")
+        folder.mkdir(parents=True)
+        written: list[str] = []
+        if frames:
+            (folder / "driving_mask").mkdir()
+        for index in range(len(frames)):
+            name = f"driving_mask/frame_{first_frame + index:05d}.png"
+            (folder / name).write_bytes(archive.read(frames[index]))
+            written.append(name)
+        if reference is not None:
+            (folder / REFERENCE_MASK).write_bytes(archive.read(reference))
+        (folder / MASKS_SUMMARY).write_text(json.dumps(summary, indent=2))
+    driving = summary.get("driving") if isinstance(summary, dict) else None
+    fps = driving.get("fps") if isinstance(driving, dict) else None
+    return {"reference_mask": REFERENCE_MASK if reference is not None else None, "driving_mask": written,
+            "fps": float(fps) if fps else None, "summary": summary}
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    """Move the complete folder ``source`` to ``target``, replacing an older ``target`` only once it is in place."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(target, old)
+    try:
+        os.replace(source, target)
+    except OSError:
+        if old is not None:
+            os.replace(old, target)  # put the previous preview back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _sha256(path: Path) -> str:
