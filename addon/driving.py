@@ -48,17 +48,63 @@ def sequence_files(first_image: str) -> list[str]:
     first_image = paths.absolute(first_image)
     if not first_image or not os.path.isfile(first_image):
         raise DrivingInputError(f"first image of the sequence not found: {first_image or '(no file chosen)'}")
-    folder, name = os.path.split(first_image)
+    name = os.path.basename(first_image)
     match = _NUMBERED.match(name)
     if not match:
         raise DrivingInputError(f"{name} has no frame number: image sequences need names like frame_0001.png")
-    prefix, number, suffix = match.groups()
-    numbered = []
+    first = int(match.group(2))
+    return [path for number, path in sorted(numbered_files(first_image).items()) if number >= first]
+
+
+def numbered_files(any_image: str) -> dict[int, str]:
+    """Frame number -> path of every file numbered like ``any_image`` (same prefix and extension) in its folder."""
+    folder, name = os.path.split(any_image)
+    match = _NUMBERED.match(name)
+    if not match:
+        raise DrivingInputError(f"{name} has no frame number: image sequences need names like frame_0001.png")
+    prefix, _number, suffix = match.groups()
+    numbered = {}
     for other in os.listdir(folder):
         found = _NUMBERED.match(other)
-        if found and found.group(1) == prefix and found.group(3) == suffix and int(found.group(2)) >= int(number):
-            numbered.append((int(found.group(2)), os.path.join(folder, other)))
-    return [path for _, path in sorted(numbered)]
+        if found and found.group(1) == prefix and found.group(3) == suffix:
+            numbered[int(found.group(2))] = os.path.join(folder, other)
+    return numbered
+
+
+def is_image_sequence(path: str) -> bool:
+    """A mask "file" that is one PNG of a numbered sequence rather than a video."""
+    return path.lower().endswith(".png") and _NUMBERED.match(os.path.basename(path)) is not None
+
+
+def zip_mask_sequence(any_image: str, first: int, last: int, padding: int, background, out_path: str) -> None:
+    """The masks numbered ``first``..``last`` (clip frames, 1-based like In/Out) of the sequence ``any_image``
+    belongs to, zipped in order after ``padding`` frames of plain ``background``.
+
+    The padding stands for clip frames before In when the worker applies ``frame_range`` to the mask as well;
+    it is cut off there and never used. A missing number is an error naming it, so masks never shift.
+    """
+    any_image = paths.absolute(any_image)
+    if not os.path.isfile(any_image):
+        raise DrivingInputError(f"driving mask image not found: {any_image}")
+    numbered = numbered_files(any_image)
+    missing = [number for number in range(first, last + 1) if number not in numbered]
+    if missing:
+        raise DrivingInputError(
+            f"the mask sequence {os.path.basename(any_image)} lacks frame {missing[0]}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + f": it needs one PNG per clip frame {first}-{last} (file number = clip frame); Preview Masks again "
+            "for the current In/Out")
+    blank = b""
+    if padding:
+        width, height = pngio.png_size(numbered[first])
+        blank = pngio.encode_png(width, height, 3, bytes(background) * (width * height))
+    tmp = out_path + ".tmp"
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for index in range(padding):
+            archive.writestr(f"frame_{index + 1:05d}.png", blank)
+        for index, number in enumerate(range(first, last + 1), start=padding + 1):
+            archive.write(numbered[number], f"frame_{index:05d}.png")
+    os.replace(tmp, out_path)
 
 
 def probe_sequence(first_image: str, fps: float) -> ClipInfo:

@@ -29,6 +29,15 @@ def encode_png(width: int, height: int, channels: int, pixels: bytes) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
 
 
+def png_size(path: str) -> tuple[int, int]:
+    """``(width, height)`` from a PNG's header, without decoding it."""
+    with open(path, "rb") as handle:
+        head = handle.read(24)
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        raise ValueError(f"{path} is not a PNG file")
+    return struct.unpack(">II", head[16:24])
+
+
 def write_atomic(path: str, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a file."""
     folder = os.path.dirname(os.path.abspath(path))

@@ -137,13 +137,27 @@ class SCAIL_PG_settings(bpy.types.PropertyGroup):
         items=[
             ("AUTO", "Automatic", "The server segments the subjects"),
             ("ALPHA", "Clip Alpha", "The clip's own alpha channel"),
-            ("FILE", "Mask Video", "A mask video with palette colours"),
+            ("FILE", "Mask File", "A mask video, or a numbered PNG sequence (e.g. previewed masks), in palette colours"),
             ("RENDER", "Render", "Exact identity masks rendered from the scene (scene animation only)"),
             ("FRAME", "Whole Frame", "The subject fills every frame (close-ups, when no other mask is available)"),
         ],
         default="AUTO",
     )
-    driving_mask_file: StringProperty(name="Mask Video", subtype="FILE_PATH", options=_PATH)
+    driving_mask_file: StringProperty(
+        name="Mask File", subtype="FILE_PATH", options=_PATH,
+        description="A mask video, or one PNG of a mask sequence whose file numbers are the clip frames (1-based, "
+                    "like In/Out)",
+    )
+    mask_prompts: StringProperty(
+        name="Mask Prompts", default="person, character",
+        description="What automatic masks look for (SAM3 text prompts, comma-separated), e.g. \"person, cat, bear\"",
+    )
+    mask_preview_to_vse: BoolProperty(name="Mask Strip", default=False,
+                                      description="Also show previewed driving masks as a Sequencer strip")
+    mask_preview_status: StringProperty(name="Mask Preview", description="'', running, done or failed")
+    mask_preview_message: StringProperty(name="Mask Preview Message")
+    mask_preview_dir: StringProperty(name="Mask Folder", subtype="DIR_PATH", options=_PATH,
+                                     description="Folder of the last previewed masks")
     probed_fps: FloatProperty(name="FPS")
     probed_frames: IntProperty(name="Frames")
     probed_width: IntProperty(name="Width")

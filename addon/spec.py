@@ -42,6 +42,7 @@ class GenerateSettings:
     fps: float | None = None
     reference_mask: str = "alpha"  # alpha | file | auto
     driving_mask: str = "auto"  # alpha | file | auto
+    mask_prompts: str = ""  # SAM3 prompts for "auto" masks, e.g. "person, character, cat"; "" = worker default
 
 
 def build_spec(settings: GenerateSettings) -> dict:
@@ -74,4 +75,12 @@ def build_spec(settings: GenerateSettings) -> dict:
         spec["frame_range"] = list(settings.frame_range)
     if settings.fps:
         spec["fps"] = round(float(settings.fps), 6)
+    prompts = mask_prompt_text(settings.mask_prompts)
+    if prompts and "auto" in (settings.reference_mask, settings.driving_mask):
+        spec["mask_prompts"] = prompts
     return spec
+
+
+def mask_prompt_text(text: str) -> str:
+    """``" person,, cat ;bear "`` -> ``"person, cat, bear"``: the comma-separated SAM3 prompts, tidied."""
+    return ", ".join(part.strip() for part in text.replace(";", ",").split(",") if part.strip())

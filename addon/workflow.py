@@ -146,7 +146,7 @@ def _driving_inputs(scene, inputs: str, files: dict[str, str], size) -> tuple[st
     source, mask_source = settings.driving_source, settings.driving_mask_source
     if mask_source == "RENDER" and source != "SCENE":
         raise WorkflowError("Mask: Render only exists for the scene's animation; pick Automatic, Clip Alpha "
-                            "or Mask Video")
+                            "or Mask File")
     frame_range, fps, info = None, None, None
     if source == "SCENE":
         start, end = driving.scene_range(scene, settings)
@@ -182,10 +182,30 @@ def _driving_inputs(scene, inputs: str, files: dict[str, str], size) -> tuple[st
     if mask_source == "FILE":
         mask_path = paths.absolute(settings.driving_mask_file)
         if not os.path.isfile(mask_path):
-            raise WorkflowError(f"driving mask video not found: {mask_path or '(no file chosen)'}")
+            raise WorkflowError(f"driving mask file not found: {mask_path or '(no file chosen)'}")
         files["driving_mask"] = mask_path
+        if driving.is_image_sequence(mask_path):  # e.g. previewed masks, edited or not: sent as they are
+            files["driving_mask"] = os.path.join(inputs, "driving_mask.zip")
+            _zip_mask_sequence(scene, info, mask_path, files["driving_mask"])
     mask_mode = {"AUTO": "auto", "ALPHA": "alpha", "FILE": "file", "RENDER": "file", "FRAME": "file"}[mask_source]
     return mask_mode, frame_range, fps
+
+
+def _zip_mask_sequence(scene, info: driving.ClipInfo | None, mask_path: str, out_path: str) -> None:
+    """A mask PNG sequence (file number = clip frame, 1-based like In/Out) as the zip this job's driving needs.
+
+    Video sources are sent whole with ``frame_range``, which the worker applies to the mask too, so the frames
+    before In are padded; image sequences and scene renders are sent already cut to In/Out.
+    """
+    settings = scene.scail
+    background = mask_background(settings.mode, "driving")
+    if settings.driving_source == "SCENE":
+        first, last = driving.scene_range(scene, settings)
+        driving.zip_mask_sequence(mask_path, first, last, 0, background, out_path)
+        return
+    start, end = driving.frame_range(info, settings)
+    padding = 0 if settings.driving_source == "SEQUENCE" else start
+    driving.zip_mask_sequence(mask_path, start + 1, end, padding, background, out_path)
 
 
 def prepare_job(scene, context=None, target: connection.BackendTarget | None = None
@@ -211,7 +231,7 @@ def prepare_job(scene, context=None, target: connection.BackendTarget | None = N
             preset=settings.preset, size=size, steps=settings.steps, guidance=settings.guidance,
             shift=settings.shift, seed=settings.seed, loras=settings.loras,
             sampler="" if settings.sampler == "PRESET" else settings.sampler, frame_range=frame_range, fps=fps,
-            reference_mask=reference_mask, driving_mask=driving_mask))
+            reference_mask=reference_mask, driving_mask=driving_mask, mask_prompts=settings.mask_prompts))
     except BaseException:
         import shutil
 
