@@ -145,8 +145,9 @@ class LocalWorkerManager:
             return f"the local worker failed to start: {self.message}"
         return "the local worker is not running: start it in the add-on preferences (Backend: Local)"
 
-    def start(self, python_exe: str, checkpoint: str, data_dir: str, device: str, log_path: str):
-        """Start and wait until ready (blocking; call from a thread in the UI)."""
+    def start(self, python_exe: str, checkpoint: str, data_dir: str, device: str, log_path: str,
+              sam3_dir: str = ""):
+        """Start and wait until ready (blocking; call from a thread in the UI). ``sam3_dir`` enables auto masks."""
         from ..backend.launcher import LocalWorker
 
         with self._lock:
@@ -160,7 +161,8 @@ class LocalWorkerManager:
             # environment must be named explicitly or an editable install would be shadowed.
             path = os.pathsep.join(p for p in (backend_root, os.environ.get("PYTHONPATH", "")) if p)
             worker = LocalWorker(python_exe=python_exe, checkpoint=checkpoint, data_dir=data_dir,
-                                 device=device, log_path=log_path, env={"PYTHONPATH": path})
+                                 device=device, log_path=log_path, env={"PYTHONPATH": path},
+                                 extra_args=["--sam3", sam3_dir] if sam3_dir else [])
             with self._lock:
                 self._worker = worker
             worker.start()

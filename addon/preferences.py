@@ -29,6 +29,11 @@ class SCAIL_AddonPreferences(bpy.types.AddonPreferences):
     checkpoint_dir: StringProperty(name="Checkpoint", subtype="DIR_PATH",
                                    description="Folder with the SCAIL-2 weights")
     device: StringProperty(name="Device", default="cuda", description="Torch device for the local worker")
+    sam3_dir: StringProperty(
+        name="SAM3 Folder", subtype="DIR_PATH",
+        description="Optional folder with the SAM3 weights (facebook/sam3 layout): lets the local worker make "
+                    "automatic masks (Preview Masks, Mask: Automatic)",
+    )
     data_dir: StringProperty(name="Job Store", subtype="DIR_PATH",
                              description="Where the local worker keeps its jobs; empty uses the add-on's folder")
     remote_url: StringProperty(name="URL", default="http://127.0.0.1:8765")
@@ -49,6 +54,7 @@ class SCAIL_AddonPreferences(bpy.types.AddonPreferences):
             col = layout.column()
             col.prop(self, "python_path")
             col.prop(self, "checkpoint_dir")
+            col.prop(self, "sam3_dir")
             col.prop(self, "device")
             col.prop(self, "data_dir")
             draw_local_worker_status(col)

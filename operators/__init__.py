@@ -1,8 +1,8 @@
 """Thin operators over ``addon/``: each catches the errors a user can fix and reports them."""
 
-from . import backend, batch, driving, generate, jobs, reference
+from . import backend, batch, driving, generate, jobs, masks, reference
 
-modules = (reference, driving, generate, jobs, backend, batch)
+modules = (reference, driving, masks, generate, jobs, backend, batch)
 
 
 def register() -> None:

@@ -30,6 +30,15 @@ def _local_paths(prefs) -> tuple[str, str, str, str]:
     return python, checkpoint, data_dir, os.path.join(data_dir, "worker.log")
 
 
+def _sam3_dir(prefs) -> str:
+    """The optional SAM3 folder; a set but missing one is an error (else auto masks would fail much later)."""
+    folder = bpy.path.abspath(prefs.sam3_dir).strip()
+    if folder and not os.path.isdir(folder):
+        raise connection.BackendUnavailable(f"SAM3 folder not found: {folder}; clear SAM3 Folder in the add-on "
+                                            "preferences to start the worker without automatic masks")
+    return folder
+
+
 class SCAIL_OT_local_worker_start(bpy.types.Operator):
     """Start the local worker (loads the model; the status shows when it is ready)"""
 
@@ -40,7 +49,7 @@ class SCAIL_OT_local_worker_start(bpy.types.Operator):
         def action():
             prefs = connection.preferences(context)
             python, checkpoint, data_dir, log_path = _local_paths(prefs)
-            args = (python, checkpoint, data_dir, prefs.device, log_path)
+            args = (python, checkpoint, data_dir, prefs.device, log_path, _sam3_dir(prefs))
             if bpy.app.background:
                 try:
                     worker = connection.LOCAL_WORKER.start(*args)

@@ -9,7 +9,7 @@ import os
 
 import bpy
 
-from ..addon import compat, connection, paths
+from ..addon import compat, connection, masks, paths
 from ..addon.properties import ACTIVE_STATUSES
 from ..addon.workflow import PREVIEW_IMAGE
 
@@ -68,6 +68,8 @@ class SCAIL_PT_reference(SCAIL_PT_base, bpy.types.Panel):
         if settings.reference_source == "IMAGE":
             layout.prop(settings, "reference_image")
             layout.prop(settings, "reference_mask_image")
+            layout.operator("scail.preview_masks", text="Preview Mask", icon="MOD_MASK").what = "REFERENCE"
+            draw_mask_preview_status(layout, context.scene)
         else:
             col = layout.column()
             col.prop(settings, "camera")
@@ -142,6 +144,13 @@ class SCAIL_PT_driving(SCAIL_PT_base, bpy.types.Panel):
         layout.prop(settings, "driving_mask_source")
         if settings.driving_mask_source == "FILE":
             layout.prop(settings, "driving_mask_file")
+        if source != "SCENE":
+            box = layout.box()
+            box.prop(settings, "mask_prompts")
+            row = box.row(align=True)
+            row.operator("scail.preview_masks", icon="MOD_MASK").what = "DRIVING"
+            row.prop(settings, "mask_preview_to_vse", text="", icon="SEQUENCE")
+            draw_mask_preview_status(box, scene)
         layout.operator("scail.probe_driving", icon="FILE_MOVIE")
         if settings.probed_frames:
             layout.label(text=f"{settings.probed_frames} frames, {settings.probed_fps:.3f} fps, "
@@ -177,6 +186,21 @@ class SCAIL_PT_generate(SCAIL_PT_base, bpy.types.Panel):
             last = settings.jobs[settings.job_index] if settings.job_index < len(settings.jobs) else settings.jobs[-1]
             if last.status in {"failed", "disconnected"} and last.message:
                 draw_message(layout, last.message, "ERROR")
+
+
+def draw_mask_preview_status(layout, scene) -> None:
+    """The last mask preview: running, its result, or why it failed."""
+    settings = scene.scail
+    status = settings.mask_preview_status
+    if status == "running":
+        if masks.is_running(scene):
+            layout.label(text="Previewing masks on the worker...", icon="SORTTIME")
+        else:  # saved while running and reopened, or the add-on was reloaded
+            layout.label(text="The mask preview was interrupted: preview again", icon="INFO")
+    elif status == "failed" and settings.mask_preview_message:
+        draw_message(layout, settings.mask_preview_message, "ERROR")
+    elif status == "done":
+        draw_message(layout, settings.mask_preview_message or "masks ready", "CHECKMARK")
 
 
 def draw_progress(layout, job) -> None:
