@@ -86,3 +86,22 @@ def test_png_masks_are_exact(tmp_path):
     with pytest.raises(ValueError, match="expected 105 bytes"):
         pngio.encode_png(7, 5, 3, b"\0" * 10)
     assert list(tmp_path.iterdir()) == [path]  # no temp files left behind
+
+
+def test_mask_prompts_go_only_into_specs_with_automatic_masks():
+    settings = spec_module.GenerateSettings(mode="animation", prompt="walk", negative_prompt="", preset="fast",
+                                            size=(512, 512), mask_prompts=" person,, cat ;bear ")
+    assert spec_module.build_spec(settings)["mask_prompts"] == "person, cat, bear"  # driving mask "auto"
+    settings.driving_mask = "file"
+    assert "mask_prompts" not in spec_module.build_spec(settings)
+    settings.reference_mask, settings.mask_prompts = "auto", " , "
+    assert "mask_prompts" not in spec_module.build_spec(settings)  # empty: the worker's default prompts
+
+
+def test_png_size_reads_the_header(tmp_path):
+    path = tmp_path / "mask.png"
+    path.write_bytes(pngio.encode_png(7, 3, 3, bytes(7 * 3 * 3)))
+    assert pngio.png_size(str(path)) == (7, 3)
+    (tmp_path / "not.png").write_bytes(b"GIF89a" + bytes(30))
+    with pytest.raises(ValueError, match="not a PNG"):
+        pngio.png_size(str(tmp_path / "not.png"))
