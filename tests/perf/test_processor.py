@@ -61,3 +61,20 @@ def test_strided_processor_compiles_as_one_graph():
         compile_blocks(model, backend="aot_eager")  # fullgraph: sdpa_kernel and the views trace cleanly
         out = model(**inputs)[0]
     assert torch.allclose(out, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_apply_performance_settings_converts_and_reports():
+    from backend.scail2.accel import PerformanceSettings, apply_performance_settings
+
+    model = _tiny_scail2().to(torch.bfloat16)
+    inputs = _inputs(model)
+    with torch.no_grad():
+        reference = model(**inputs)[0]
+        settings = PerformanceSettings.for_device("cpu", fp8_linear=True)
+        state = apply_performance_settings(model, settings, "cpu")
+        out = model(**inputs)[0]
+    report = state.to_dict()
+    assert report["fp8_linears"] == 8 * model.config.num_layers and report["compiled_blocks"] == 0
+    assert report["attention_backend_resolved"] == "native" and report["fp8_linear"]
+    error = float((out - reference).norm() / reference.norm())
+    assert 1e-3 < error < 0.1, error

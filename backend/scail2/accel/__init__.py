@@ -36,6 +36,7 @@ __all__ = [
     "StreamedBlockList",
     "StridedSDPAProcessor",
     "apply_performance_settings",
+    "apply_to_pipeline",
     "compile_blocks",
     "convert_blocks_to_fp8",
     "enable_block_streaming",
@@ -100,3 +101,25 @@ def apply_performance_settings(transformer: nn.Module, settings: PerformanceSett
         use_strided_attention(transformer, backend)
     compiled = compile_blocks(transformer) if settings.compile_blocks else 0
     return AccelerationState(settings, backend, fp8_count, compiled, streamer, cross or backend)
+
+
+def apply_to_pipeline(pipe: Any, settings: PerformanceSettings) -> AccelerationState:
+    """Apply `settings` to a loaded `Scail2Pipeline` (transformer, encoder parking, VAE tiling).
+
+    Call once after `Scail2Pipeline.from_pretrained` and after fusing any LoRAs that must hold with fp8 (fp8
+    layers keep no bf16 weight to re-fuse into). The returned state's `to_dict()` is what `/v1/health` shows.
+    """
+    state = apply_performance_settings(pipe.transformer, settings, pipe.device)
+    pipe.offload_encoders = settings.offload_encoders and pipe.device.type == "cuda"
+    for encoder in (pipe.text_encoder, pipe.image_encoder):
+        if encoder is None:
+            continue
+        if pipe.offload_encoders:
+            park_module(encoder.model)
+        elif encoder.device != pipe.device:
+            load_module(encoder.model, pipe.device)
+    if settings.vae_tiling:
+        pipe.vae.model.enable_tiling()
+    else:
+        pipe.vae.model.disable_tiling()
+    return state
