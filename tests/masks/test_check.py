@@ -76,17 +76,29 @@ def test_rejects_non_masks() -> None:
         check_mask(np.zeros((4, 4, 3), np.float32))
 
 
-def test_classification_equals_the_engines_inspect_mask() -> None:
-    """The fast per-channel classification is the engine's nearest-colour one at tolerance 29."""
-    rng = np.random.default_rng(0)
-    # Values near the decision edges (0, 29, 30, 225, 226, 255) and anywhere else, plus clean palette patches.
-    edges = np.array([0, 1, 28, 29, 30, 31, 128, 224, 225, 226, 227, 254, 255], np.uint8)
+def nearest_colour_fractions(mask: np.ndarray, tolerance: int) -> tuple[float, list[float]]:
+    """Brute force: each pixel's nearest colour of palette + white + black by max channel distance."""
+    colours = np.asarray([*PALETTE_RGB, WHITE, BLACK], np.int16)
+    pixels = np.asarray(mask)[..., :3].reshape(-1, 3).astype(np.int16)
+    distance = np.abs(pixels[:, None, :] - colours).max(axis=-1)
+    matched = distance.min(axis=-1) <= tolerance
+    counts = np.bincount(distance.argmin(axis=-1)[matched], minlength=len(colours))
+    return 1.0 - matched.mean(), list(counts / len(pixels))
+
+
+@pytest.mark.parametrize("tolerance", [0, 29, 60, 127])
+def test_per_channel_classification_equals_a_nearest_colour_search(tolerance: int) -> None:
+    """The per-channel test in ``inspect_mask`` is exactly a nearest-colour search with a tolerance."""
+    rng = np.random.default_rng(tolerance)
+    # Values near every decision edge and anywhere else, plus clean palette patches.
+    edges = np.array([0, 1, 28, 29, 30, 31, 59, 60, 61, 127, 128, 194, 195, 196, 224, 225, 226, 254, 255], np.uint8)
     mixed = rng.choice(edges, size=(3, 20, 24, 3))
     mixed[:, :5, :5] = PALETTE_RGB[4]
     mixed[1] = rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
     for mask in (mixed, mixed[0], np.asarray(two_subjects((40, 30), WHITE))):
-        fast, engine = classify_mask(mask), inspect_mask(mask, tolerance=UNAMBIGUOUS_TOLERANCE)
-        assert fast.unmatched_fraction == pytest.approx(engine.unmatched_fraction, abs=1e-12)
-        assert fast.colour_fractions == pytest.approx(engine.colour_fractions, abs=1e-12)
-        assert fast.border_white_fraction == pytest.approx(engine.border_white_fraction, abs=1e-12)
-        assert fast.border_black_fraction == pytest.approx(engine.border_black_fraction, abs=1e-12)
+        report = inspect_mask(mask, tolerance=tolerance, max_frames=None)
+        unmatched, fractions = nearest_colour_fractions(mask, tolerance)
+        assert report.unmatched_fraction == pytest.approx(unmatched, abs=1e-12)
+        assert list(report.colour_fractions.values()) == pytest.approx(fractions, abs=1e-12)
+    expected = nearest_colour_fractions(mixed, UNAMBIGUOUS_TOLERANCE)[0]
+    assert classify_mask(mixed).unmatched_fraction == pytest.approx(expected, abs=1e-12)
