@@ -264,11 +264,12 @@ def is_running(scene) -> bool:
     return thread is not None and thread.is_alive()
 
 
-def start(task: MaskPreviewTask) -> None:
-    """Run ``task``: synchronously in background mode, else in a thread whose result a timer applies."""
+def start(task: MaskPreviewTask, threaded: bool | None = None) -> None:
+    """Run ``task``: synchronously in background mode, else (or with ``threaded``) in a thread whose result
+    the timer function ``tick`` applies."""
     scene = bpy.data.scenes[task.scene_name]
     scene.scail.mask_preview_status, scene.scail.mask_preview_message = "running", ""
-    if bpy.app.background:
+    if not (threaded if threaded is not None else not bpy.app.background):
         run_preview(task, apply_result)
         return
     thread = threading.Thread(target=run_preview, args=(task, _events.put), daemon=True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import zipfile
 
 import addon_helpers
@@ -80,6 +81,8 @@ def test_worker_without_sam3_gets_a_clear_message(scene, local_worker):
     assert settings.mask_preview_status == "failed" and "--sam3 DIR" in settings.mask_preview_message
     assert settings.driving_mask_source == "AUTO" and not mask_folders()
     assert any("SAM3" in text for kind, text in draw_all_panels(bpy.context) if kind == "label")
+    settings.mask_preview_status = "running"  # as saved mid-preview and reopened: no thread follows it
+    assert ("label", "The mask preview was interrupted: preview again") in draw_all_panels(bpy.context)
 
 
 def test_preview_masks_become_the_masks_generate_sends(scene, sam3_worker, pkg):
@@ -141,3 +144,23 @@ def test_preview_masks_become_the_masks_generate_sends(scene, sam3_worker, pkg):
     os.remove(edited)
     with pytest.raises(RuntimeError, match=rf"lacks frame {IN + 1}.*Preview Masks again"):
         bpy.ops.scail.generate()
+
+
+def test_threaded_preview_is_applied_by_the_timer_function(scene, sam3_worker, pkg):
+    """The UI path: the request in a thread, the result applied on the main thread by the timer function."""
+    setup_clip(scene)
+    masks = pkg.addon.masks
+    masks.start(masks.prepare_preview(scene, bpy.context, "DRIVING"), threaded=True)
+    try:
+        assert scene.scail.mask_preview_status == "running" and masks.is_running(scene)
+        assert ("label", "Previewing masks on the worker...") in draw_all_panels(bpy.context)
+        assert not bpy.ops.scail.preview_masks.poll()  # one preview at a time
+        deadline = time.monotonic() + 120
+        while masks.tick() is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        if bpy.app.timers.is_registered(masks.tick):
+            bpy.app.timers.unregister(masks.tick)
+    assert scene.scail.mask_preview_status == "done", scene.scail.mask_preview_message
+    assert bpy.data.movieclips[masks.MASK_CLIP].frame_duration == OUT - IN + 1
+    assert scene.scail.driving_mask_source == "FILE"
