@@ -4,7 +4,7 @@
 thread, no ``bpy``) fetches the masks with ``WorkerClient.preview_masks``; ``apply_result`` (main thread) loads
 the driving masks as a Movie Clip (and optionally a Sequencer strip) and makes them the masks Generate sends:
 the driving mask source becomes that PNG sequence (file number = clip frame) and the reference mask the
-external mask, so edits the artist paints into the PNGs are used as they are. Like Generate, the network part
+external mask (each only when SAM3 found a subject in it), so edits painted into the PNGs are used as they are. Like Generate, the network part
 runs in a thread drained by a timer, and synchronously in background mode.
 """
 
