@@ -43,7 +43,7 @@ DRIVING_SOURCES = [
 MASK_SOURCES = [
     ("AUTO", "Automatic", "The server segments the subjects"),
     ("ALPHA", "Clip Alpha", "The clip's own alpha channel"),
-    ("FILE", "Mask Video", "A mask video with palette colours"),
+    ("FILE", "Mask File", "A mask video, or a numbered PNG sequence (e.g. previewed masks), in palette colours"),
     ("RENDER", "Render", "Exact identity masks rendered from the scene (scene animation only)"),
     ("FRAME", "Whole Frame", "The subject fills every frame"),
 ]
@@ -86,7 +86,8 @@ class SCAIL_PG_shot(bpy.types.PropertyGroup):
     driving_frame_out: IntProperty(name="Out", default=0, min=0,
                                    description="Last clip frame to use; 0: as many as the shot is long")
     driving_mask_source: EnumProperty(name="Mask", items=MASK_SOURCES, default="AUTO")
-    driving_mask_file: StringProperty(name="Mask Video", subtype="FILE_PATH", options=_PATH)
+    driving_mask_file: StringProperty(name="Mask File", subtype="FILE_PATH", options=_PATH,
+                                      description="A mask video, or one PNG of a sequence numbered by clip frame")
 
     # Generate
     mode: EnumProperty(name="Mode", items=MODES, default="animation")
