@@ -18,6 +18,9 @@ from addon_helpers import MEDIA, REPO, draw_all_panels
 
 CLIP = MEDIA / "carphone_pristine.mp4"
 IN, OUT = 2, 4  # clip frames 2..4: three masks, numbered by clip frame
+PALETTE = {"blue": (0, 0, 255), "red": (255, 0, 0), "green": (0, 255, 0), "magenta": (255, 0, 255),
+           "cyan": (0, 255, 255), "yellow": (255, 255, 0)}  # SCAIL-2's identity colours, by the names SAM3 reports
+WHITE = (255, 255, 255)
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +58,14 @@ def setup_clip(scene) -> None:
 
 def paint_subjects(pkg, path: str, colours: list[str]) -> None:
     """Overwrite a reference mask with one rectangle per colour name, left to right, on white (animation)."""
-    palette, pngio = pkg.addon.palette, pkg.addon.pngio
+    pngio = pkg.addon.pngio
     width, height = pngio.png_size(path)
     slot = width // (2 * len(colours) + 1)
-    band = bytearray(palette.WHITE * width)
+    band = bytearray(WHITE * width)
     for index, name in enumerate(colours):
         left = (2 * index + 1) * slot
-        band[3 * left:3 * (left + slot)] = bytes(palette.PALETTE[palette.PALETTE_NAMES.index(name)]) * slot
-    white = bytes(palette.WHITE * width)
-    rows = [bytes(band) if height // 4 <= y < 3 * height // 4 else white for y in range(height)]
+        band[3 * left:3 * (left + slot)] = bytes(PALETTE[name]) * slot
+    rows = [bytes(band) if height // 4 <= y < 3 * height // 4 else bytes(WHITE * width) for y in range(height)]
     pngio.write_atomic(path, pngio.encode_png(width, height, 3, b"".join(rows)))
 
 
