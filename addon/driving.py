@@ -186,7 +186,7 @@ def zip_flattened_masks(identity_frames: list[str], background, out_path: str) -
 
 def write_whole_frame_mask(info: ClipInfo, out_path: str) -> None:
     """A zip of solid identity-0 (blue) frames, one per clip frame: "the subject is everywhere"."""
-    from .palette import identity_colour
+    from ..backend.palette import identity_colour
 
     width, height = info.width, info.height
     png = pngio.encode_png(width, height, 3, bytes(identity_colour(0)) * (width * height))

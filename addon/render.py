@@ -16,9 +16,9 @@ import bpy
 from bpy_extras.object_utils import world_to_camera_view
 from mathutils import Vector
 
+from ..backend.palette import identity_colour
 from . import compat, pngio
 from .images import read_rgba_planes
-from .palette import identity_colour
 
 SHORT_SIDES = {"512p": 512, "704p": 704}
 RENDERABLE_TYPES = frozenset({"MESH", "CURVE", "SURFACE", "META", "FONT", "CURVES", "POINTCLOUD", "VOLUME",

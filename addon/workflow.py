@@ -9,9 +9,9 @@ import os
 
 import bpy
 
+from ..backend.palette import mask_background
 from . import connection, driving, jobs, paths, render
 from .images import read_rgba_planes
-from .palette import mask_background
 from .spec import GenerateSettings, build_spec
 
 PREVIEW_IMAGE = "SCAIL Reference"

@@ -22,23 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..palette import BLACK, PALETTE, PALETTE_NAMES, WHITE, mask_background
 from .errors import Scail2InputError
 
 Mode = Literal["animation", "replacement"]
 MaskRole = Literal["reference", "driving"]
 
 # Identity i gets PALETTE_RGB[i % 6]; a single subject is blue. Order from the official SAM3 tracker.
-PALETTE_RGB: tuple[tuple[int, int, int], ...] = (
-    (0, 0, 255),  # blue
-    (255, 0, 0),  # red
-    (0, 255, 0),  # green
-    (255, 0, 255),  # magenta
-    (0, 255, 255),  # cyan
-    (255, 255, 0),  # yellow
-)
-PALETTE_NAMES = ("blue", "red", "green", "magenta", "cyan", "yellow")
-WHITE = (255, 255, 255)
-BLACK = (0, 0, 0)
+PALETTE_RGB = PALETTE
 
 # A channel is "on" iff its [-1, 1] value is strictly above this, compared in float32: uint8 225 is off, 226 on.
 MASK_THRESHOLD = (225 - 127.5) / 127.5
@@ -50,11 +41,10 @@ SPATIAL_DOWNSAMPLE_STEPS = 3  # the latent grid is H, W ceil-halved three times 
 
 def background_colour(mode: Mode, role: MaskRole) -> tuple[int, int, int]:
     """The background colour a mask of ``role`` must use in ``mode`` (see the table in the module docstring)."""
-    if mode not in ("animation", "replacement"):
-        raise Scail2InputError(f"mode must be 'animation' or 'replacement', got {mode!r}", field="mode")
-    reference_on_white = mode == "animation"
-    on_white = reference_on_white if role == "reference" else not reference_on_white
-    return WHITE if on_white else BLACK
+    try:
+        return mask_background(mode, role)
+    except ValueError as error:
+        raise Scail2InputError(str(error), field="mode") from None
 
 
 def image_to_unit_range(image_u8: torch.Tensor) -> torch.Tensor:

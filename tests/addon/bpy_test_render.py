@@ -28,7 +28,7 @@ def test_reference_mask_equals_alpha(scene, pkg, capfd):
     assert (alpha == 0).any() and (alpha == 255).any()
     for mode, background in (("animation", (255, 255, 255)), ("replacement", (0, 0, 0))):
         out = os.path.join(os.path.dirname(path), f"mask_{mode}.png")
-        pkg.addon.render.write_mask(path, "", pkg.addon.palette.mask_background(mode, "reference"), out)
+        pkg.addon.render.write_mask(path, "", pkg.backend.palette.mask_background(mode, "reference"), out)
         mask = read_png(out)
         assert mask.shape == (64, 96, 3)
         on = np.all(mask == (0, 0, 255), axis=-1)

@@ -11,6 +11,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from backend import palette
+
 ADDON = Path(__file__).resolve().parents[2] / "addon"
 
 
@@ -23,7 +25,7 @@ def load(name: str):
     return module
 
 
-spec_module, palette, pngio = load("spec"), load("palette"), load("pngio")
+spec_module, pngio = load("spec"), load("pngio")
 
 
 def test_spec_sends_only_overrides():

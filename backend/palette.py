@@ -1,5 +1,7 @@
 """The SCAIL-2 identity palette and mask polarity: identity i is drawn in ``PALETTE[i % 6]``.
 
+Standard library only: the engine, the SAM3 masks and the Blender add-on (which ships this file) share it.
+
 The model was trained on these exact colours; a single subject is blue. Backgrounds depend on the mode and on
 whether the mask belongs to the reference or to the driving clip (SCAIL-2 "Mask Semantics").
 """
