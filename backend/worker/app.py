@@ -24,6 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backend.scail2.performance_options import pinned_loras
+
 from . import API_VERSION
 from .errors import ApiError, invalid
 from .runner import JobRunner
@@ -74,6 +76,7 @@ class WorkerInfo:
     dtype: str
     loras: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    performance: dict[str, Any] | None = None  # the CLI's resolved performance report (PerformanceInfo)
 
 
 def _error_response(error: ApiError) -> JSONResponse:
@@ -185,6 +188,7 @@ def create_app(
                     "max_seconds": limits.max_seconds, "max_side": limits.max_side,
                     "max_decoded_gb": limits.max_decoded_bytes / 2**30},
             features={"auto_masks": masks is not None, "range_downloads": True, "idempotency_keys": True},
+            performance=info.performance,
         )
 
     # -- submission --
@@ -237,7 +241,8 @@ def create_app(
                     return _created(_check_same(existing, request_hash), created=False)
             async with validation_slots:
                 await run_in_threadpool(build_request, spec, files, staging, limits,
-                                        runner.pipeline.available_loras(), fill_masks)
+                                        runner.pipeline.available_loras(), fill_masks,
+                                        pinned_loras(runner.pipeline))
             stored_spec = spec.model_dump(mode="json")
             if stored_spec["seed"] is None:
                 # Fixed now, so a restarted job continues with the noise it started with.

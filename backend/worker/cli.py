@@ -65,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SAM3 weights folder (facebook/sam3 layout): enables 'auto' masks and POST /v1/masks")
     serve.add_argument("--log-file", type=Path, default=None, help="also write the JSON log lines here")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    from backend.scail2.performance_options import add_performance_arguments
+
+    performance = add_performance_arguments(serve)
+    performance.add_argument("--loras", default=None, metavar="NAME=S,...",
+                             help="LoRAs fused at start, e.g. lightx2v=0.8,dpo=1.0 (or none). With --fp8 they are "
+                             "pinned: jobs must ask for exactly these (default with --fp8: the 'fast' preset's)")
+    performance.add_argument("--warmup", default=None, metavar="SIZES",
+                             help="sizes to compile before the ready line: 512p, 704p, <W>x<H>, each optionally "
+                             ":FRAMES (default 512p on CUDA when compiling, none on CPU; 'none' disables)")
     return parser
 
 
@@ -119,6 +128,55 @@ def _process_alive(pid: int) -> bool:
     return code.value == 259  # STILL_ACTIVE
 
 
+class _StartError(Exception):
+    """The worker cannot start with these flags; ``code`` is the exit status (2: bad arguments)."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+def _prepare_performance(pipeline, device: str, args: argparse.Namespace, start_loras: dict[str, float] | None,
+                         warmup_sizes: list | None) -> dict:
+    """Apply the performance flags to the loaded pipeline, fuse (and with fp8 pin) the LoRAs, warm up.
+
+    Returns the ``performance`` report of ``/v1/health``: the resolved settings, the pinned LoRAs and the warm-up.
+    """
+    import torch
+
+    from backend.scail2 import Scail2InputError
+    from backend.scail2.performance_options import format_loras, pinned_loras, prepare_pipeline, settings_for
+    from backend.scail2.presets import SamplingSettings
+
+    from .warmup import parse_warmup, warm_up
+
+    settings = settings_for(device, args)
+    loras = start_loras
+    if settings.fp8_linear and loras is None:
+        # Jobs default to the 'fast' preset, so its LoRAs are the set most jobs can run with.
+        loras = dict(SamplingSettings.from_preset("fast").loras)
+    try:
+        state = prepare_pipeline(pipeline, settings, loras)
+    except Scail2InputError as exc:
+        hint = "" if start_loras is not None else " (--fp8 fuses the 'fast' preset's LoRAs unless --loras says otherwise)"
+        raise _StartError(f"--loras {format_loras(loras or {})}: {exc}{hint}") from exc
+    except RuntimeError as exc:  # an fp8 or attention-backend request this device cannot run
+        raise _StartError(str(exc)) from exc
+    report = state.to_dict()
+    report["pinned_loras"] = pinned_loras(pipeline)
+    log.info("performance settings applied", extra={"performance": report})
+    if warmup_sizes is None:
+        warmup_sizes = parse_warmup("512p" if device.startswith("cuda") and settings.compile_blocks else "none")
+    report["warmup"] = None
+    if warmup_sizes:
+        try:
+            report["warmup"] = warm_up(pipeline, warmup_sizes)
+        except torch.OutOfMemoryError as exc:
+            raise _StartError(f"--warmup ran out of GPU memory ({exc}); warm up fewer or smaller sizes, or add "
+                              "--low-vram") from exc
+    return report
+
+
 def serve(args: argparse.Namespace) -> int:
     from .logs import configure_logging
 
@@ -129,6 +187,21 @@ def serve(args: argparse.Namespace) -> int:
         return _fail("--ssl-certfile and --ssl-keyfile go together")
     if not args.checkpoint.is_dir():
         return _fail(f"--checkpoint {args.checkpoint}: not a folder", 3)
+    from backend.scail2.performance_options import parse_loras, performance_overrides
+
+    from .warmup import parse_warmup
+
+    try:
+        start_loras = parse_loras(args.loras) if args.loras is not None else None
+    except ValueError as exc:
+        return _fail(f"--loras: {exc}")
+    try:
+        warmup_sizes = parse_warmup(args.warmup) if args.warmup is not None else None
+    except ValueError as exc:
+        return _fail(f"--warmup: {exc}")
+    if args.gpus > 1 and (performance_overrides(args) or start_loras is not None or warmup_sizes):
+        return _fail("the performance flags, --loras and --warmup apply to single-GPU workers; with --gpus > 1 "
+                     "each GPU process runs the engine's defaults")
     generated = token is None
     if generated:
         token = generate_token()
@@ -184,13 +257,20 @@ def serve(args: argparse.Namespace) -> int:
             raise
         return _fail(f"cannot start the {args.gpus} GPU processes: {exc}", 3)
     log.info("model loaded", extra={"seconds": round(time.monotonic() - started, 2)})
+    performance = None
+    if args.gpus <= 1:
+        try:
+            performance = _prepare_performance(pipeline, device, args, start_loras, warmup_sizes)
+        except _StartError as exc:
+            log.error("performance settings failed", extra={"error": str(exc)})
+            return _fail(str(exc), exc.code)
 
     limits = UploadLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_frames=args.max_frames,
                           max_seconds=args.max_seconds, max_side=args.max_side,
                           max_decoded_bytes=int(args.max_decoded_gb * 2**30))
     runner = JobRunner(store, pipeline, limits, device, masks=masks)
     info = WorkerInfo(version=version, device=device, checkpoint=str(args.checkpoint.resolve()), dtype=dtype_name,
-                      loras=sorted(pipeline.available_loras()))
+                      loras=sorted(pipeline.available_loras()), performance=performance)
     app = create_app(store, runner, guard, limits, info, masks=masks)
     try:
         sock = _bind(args.host, args.port)

@@ -25,9 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from backend.scail2.performance_options import pinned_loras
+
 from .schemas import JobSpec
 from .store import JobRecord, JobStore, write_json_atomic
 from .uploads import UploadLimits, build_request, resolve_mask_sources
+from .warmup import compiled_graph_count
 
 log = logging.getLogger("scail.worker.runner")
 
@@ -280,6 +283,10 @@ class JobRunner:
             import torch
 
             torch.cuda.reset_peak_memory_stats(self.device)
+        # Graphs compiled in this process during the job: > 0 means the job paid a compile (a size or window
+        # length that neither --warmup nor an earlier job covered). Multi-GPU ranks compile in their own processes.
+        in_process = hasattr(self.pipeline, "transformer")
+        graphs_before = compiled_graph_count()
         status, error, manifest = "failed", None, None
         resumed = 0
         summary: dict[str, Any] = {}
@@ -290,7 +297,8 @@ class JobRunner:
             self.store.update_progress(job.id, phase="decoding")
             request, prepared = build_request(spec, job.inputs, job_dir / "inputs", self.limits,
                                               self.pipeline.available_loras(),
-                                              fill_masks=self._auto_masks(job, spec, tracker))
+                                              fill_masks=self._auto_masks(job, spec, tracker),
+                                              pinned_loras=pinned_loras(self.pipeline))
             summary = _settings_summary(spec, request, prepared)
             window_type = _window_type()
             resume = [window_type.load(path) for _, path in self.store.finished_windows(job.id)]
@@ -329,6 +337,9 @@ class JobRunner:
             "peak_gpu_mb": peak_mb,
             "resumed_windows": resumed,
         }
+        if in_process:
+            timings["compiled_graphs"] = compiled_graph_count() - graphs_before
+            timings["warmup_paid"] = timings["compiled_graphs"] > 0
         result_info = None
         if manifest is not None:
             result_info = {key: manifest[key] for key in ("frames", "fps", "width", "height")}

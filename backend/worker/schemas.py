@@ -175,7 +175,7 @@ class JobStatus(BaseModel):
     error: JobError | None
     result: ResultInfo | None
     timings: dict[str, Any] | None = Field(description="once finished: seconds per phase, run_s, queued_s, "
-                                           "peak_gpu_mb, resumed_windows")
+                                           "peak_gpu_mb, resumed_windows, compiled_graphs, warmup_paid")
     spec: JobSpec
     links: dict[str, str]
 
@@ -216,6 +216,36 @@ class ModelInfo(BaseModel):
     loras: list[str]
 
 
+class WarmupInfo(BaseModel):
+    sizes: list[str] = Field(description="'<W>x<H>:<frames>' of each warmed-up window")
+    seconds: dict[str, float] = Field(description="warm-up time per --warmup entry; paid once per worker start "
+                                      "and size, never per job")
+    total_s: float
+    compiled_graphs: int = Field(description="graphs torch.compile built during the warm-up")
+
+
+class PerformanceInfo(BaseModel):
+    """The engine's performance settings as resolved at start (flags over the GPU memory class defaults)."""
+
+    attention_backend: str = Field(description="as requested: 'auto' or a backend name")
+    cross_attention_backend: str
+    strided_attention: bool
+    fp8_linear: bool
+    compile_blocks: bool
+    low_vram: bool
+    offload_encoders: bool
+    vae_tiling: bool
+    attention_backend_resolved: str = Field(description="the self-attention kernel actually in use")
+    cross_attention_backend_resolved: str
+    fp8_linears: int = Field(description="linears running in fp8")
+    compiled_blocks: int
+    streamed_host_gib: float = Field(description="transformer weights streamed from pinned host memory")
+    pinned_loras: dict[str, float] | None = Field(
+        description="with fp8: the LoRA strengths fused before the conversion; jobs must ask for exactly these "
+        "(422 loras_pinned otherwise). null when jobs may choose their LoRAs")
+    warmup: WarmupInfo | None = Field(description="null when no warm-up ran (--warmup none, CPU default)")
+
+
 class QueueInfo(BaseModel):
     queued: int
     running: int
@@ -235,3 +265,5 @@ class Health(HealthPublic):
     queue: QueueInfo
     limits: dict[str, float]
     features: dict[str, bool]
+    performance: PerformanceInfo | None = Field(
+        description="resolved performance settings (docs/PERFORMANCE.md); null on --gpus > 1 workers")

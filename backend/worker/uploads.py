@@ -235,13 +235,32 @@ def _slice_frames(clip, frame_range: tuple[int, int] | None, field: str):
     return clip
 
 
+def check_job_loras(spec: JobSpec, effective: Mapping[str, float], pinned: Mapping[str, float] | None) -> None:
+    """On an fp8 worker (LoRAs pinned at start), a 422 ``loras_pinned`` naming ``spec.loras`` when the job gives
+    other strengths, or ``spec.preset`` when its preset's LoRAs differ."""
+    from backend.scail2.performance_options import PinnedLorasError, check_pinned_loras
+
+    if pinned is None:
+        return
+    explicit = spec.loras is not None
+    try:
+        check_pinned_loras(effective, pinned, None if explicit else spec.preset,
+                           restart_hint="use a worker started without --fp8 (or with --loras set to the strengths "
+                           "you need)")
+    except PinnedLorasError as exc:
+        raise ApiError(422, "loras_pinned", f"{exc} This worker runs fp8 linears (--fp8).",
+                       "spec.loras" if explicit else "spec.preset") from exc
+
+
 def build_request(spec: JobSpec, inputs: Mapping[str, str], folder: Path, limits: UploadLimits,
-                  available_loras: Mapping[str, object], fill_masks: Callable[[Any], Any] | None = None):
+                  available_loras: Mapping[str, object], fill_masks: Callable[[Any], Any] | None = None,
+                  pinned_loras: Mapping[str, float] | None = None):
     """Decode the stored files of a job and build the engine's ``GenerationRequest``, validated.
 
     ``inputs`` maps file fields to their stored names in ``folder``. Raises ``ApiError`` (422/413) naming the
     field on any problem; the returned request has passed the engine's own ``prepare_inputs`` checks.
     ``fill_masks`` supplies the masks of 'auto' mask sources (``backend.masks.service``) before that check.
+    ``pinned_loras``: the LoRA strengths an fp8 worker was converted with (``check_job_loras``), or None.
     """
     from backend.scail2.conditioning import ExtraReference, GenerationRequest, prepare_inputs
     from backend.scail2.errors import Scail2InputError
@@ -307,6 +326,7 @@ def build_request(spec: JobSpec, inputs: Mapping[str, str], folder: Path, limits
         if fill_masks is not None:
             request = fill_masks(request)
         check_loras_available(request.effective_loras, available_loras, spec.preset if spec.loras is None else None)
+        check_job_loras(spec, request.effective_loras, pinned_loras)
         prepared = prepare_inputs(request)
         Scail2Pipeline.plan_windows(prepared.num_frames, request)  # window lengths are checked here
     except Scail2InputError as exc:
