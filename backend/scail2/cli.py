@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # --attention-backend, --fp8, --compile, --low-vram ... (defaults from the GPU's memory, docs/PERFORMANCE.md).
+    from .performance_options import add_performance_arguments
+
+    add_performance_arguments(parser)
     # "--reference-mask auto" / "--driving-mask auto" make the masks with SAM3 (backend.masks).
     from backend.masks.cli import add_auto_mask_arguments
 
@@ -165,6 +169,24 @@ def build_request(args: argparse.Namespace) -> GenerationRequest:
     )
 
 
+def _prepare_performance(pipe, device: str, args: argparse.Namespace, request: GenerationRequest) -> dict:
+    """Apply the performance flags once after loading; returns the resolved settings (kept in result.json).
+
+    With ``--fp8`` the request's LoRAs are fused before the conversion and pinned: the fp8 layers keep no bf16
+    weight to fuse into later, so the generation must (and does) run with exactly these strengths.
+    """
+    from .performance_options import prepare_pipeline, settings_for
+
+    settings = settings_for(device, args)
+    loras = request.effective_loras if settings.fp8_linear else None
+    preset = request.sampling.preset if request.loras is None else None
+    try:
+        state = prepare_pipeline(pipe, settings, loras, preset)
+    except RuntimeError as exc:  # fp8 or an attention backend this device cannot run
+        raise Scail2Error(str(exc)) from exc
+    return state.to_dict()
+
+
 class _ProgressBar:
     """A tqdm bar over all denoising steps of all windows."""
 
@@ -213,8 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         pipe = Scail2Pipeline.from_pretrained(
             args.checkpoint, device=device, dtype=getattr(torch, DTYPES[dtype_name])
         )
+        performance = _prepare_performance(pipe, device, args, request)
         result = pipe.generate(request, progress=bar)
         bar.close()
+        result.settings["performance"] = performance
         write_frames_atomic(result, out, overwrite=args.overwrite)
     except (KeyboardInterrupt, GenerationCancelled):
         bar.close()

@@ -143,15 +143,16 @@ class PinnedLoras:
         check_pinned_loras({name: strength for name, (_, strength) in loras.items()}, self.strengths)
 
 
-def prepare_pipeline(pipe: Any, settings: PerformanceSettings,
-                     loras: Mapping[str, float] | None = None) -> AccelerationState:
+def prepare_pipeline(pipe: Any, settings: PerformanceSettings, loras: Mapping[str, float] | None = None,
+                     preset: str | None = None) -> AccelerationState:
     """Fuse ``loras`` (None: leave the fused set as it is), then apply ``settings`` (`apply_to_pipeline`).
 
     With ``settings.fp8_linear`` the LoRAs fused at conversion are pinned (`PinnedLoras`); read them back from
-    ``pinned_loras(pipe)``. Raises `Scail2InputError` for a LoRA the checkpoint lacks.
+    ``pinned_loras(pipe)``. Raises `Scail2InputError` for a LoRA the checkpoint lacks (``preset``: the preset
+    that chose ``loras``, for the message).
     """
     if loras is not None:
-        pipe.set_loras(dict(loras))
+        pipe.set_loras(dict(loras), preset)
     fused = dict(pipe.lora_manager.fused) if pipe.lora_manager is not None else {}
     state = apply_to_pipeline(pipe, settings)
     if settings.fp8_linear:
