@@ -43,6 +43,7 @@ def test_two_processes_give_the_one_process_frames_and_report_through_the_parent
     pipeline = MultiProcessPipeline.start(tiny_checkpoint, processes=2, device="cpu", dtype=torch.float32)
     try:
         assert pipeline.available_loras() == whole.available_loras()
+        assert pipeline.acceleration["compile_blocks"] is False  # the CPU defaults, applied in every rank
         events, windows = [], []
         result = pipeline.generate(request, progress=events.append, on_window=windows.append)
         assert result.frames.shape == expected.frames.shape

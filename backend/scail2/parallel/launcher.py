@@ -49,6 +49,8 @@ class LaunchSettings:
     dtype: str  # torch dtype name, e.g. "bfloat16"
     cfg_parallel: bool
     master_port: int
+    # Applied in every rank after loading (accel.apply_to_pipeline); None: the defaults for the GPU's memory.
+    performance: Any = None
 
 
 def _free_port() -> int:
@@ -99,7 +101,20 @@ def _rank_main(
         pipeline = Scail2Pipeline.from_pretrained(
             settings.checkpoint, device=runtime.device, dtype=getattr(torch, settings.dtype)
         )
-        events.put(("ready", rank, pipeline.available_loras() if rank == 0 else None))
+        # The same per-GPU settings as a one-GPU worker (attention backend, regional compile, encoder parking),
+        # applied after the DiT was split so that the compiled blocks include the sequence-parallel path.
+        from ..accel import PerformanceSettings, apply_to_pipeline
+
+        performance = settings.performance
+        if performance is None:
+            total_gib = (
+                torch.cuda.get_device_properties(runtime.device).total_memory / 2**30
+                if runtime.device.type == "cuda"
+                else None
+            )
+            performance = PerformanceSettings.for_memory(total_gib)
+        acceleration = apply_to_pipeline(pipeline, performance).to_dict()
+        events.put(("ready", rank, (pipeline.available_loras(), acceleration) if rank == 0 else None))
     except BaseException as exc:
         events.put(("error", rank, None, _portable(exc)))
         return
@@ -138,6 +153,8 @@ class MultiProcessPipeline:
         self.start_timeout_s = start_timeout_s
         self._context = mp.get_context("spawn")
         self._loras: dict[str, Path] = {}
+        # What rank 0 applied (accel's AccelerationState.to_dict()), for the worker's health report.
+        self.acceleration: dict[str, Any] = {}
         self._jobs = 0
         self._processes: mp.ProcessContext | None = None
 
@@ -150,12 +167,14 @@ class MultiProcessPipeline:
         device: str = "cuda",
         dtype: torch.dtype = torch.bfloat16,
         cfg_parallel: bool = False,
+        performance: Any = None,
         start_timeout_s: float = 1800.0,
     ) -> MultiProcessPipeline:
         """Spawn the rank processes and wait until every one has loaded the model.
 
         ``device`` is "cuda" (rank r uses ``cuda:r``; needs ``processes`` visible GPUs) or "cpu" (gloo; for tests).
         ``cfg_parallel`` runs the conditional and unconditional halves of batched CFG forwards on different ranks.
+        ``performance``: the `accel.PerformanceSettings` every rank applies (None: defaults for its GPU).
         """
         device_type = torch.device(device).type
         if processes < 2:
@@ -174,6 +193,7 @@ class MultiProcessPipeline:
             dtype=str(dtype).removeprefix("torch."),
             cfg_parallel=cfg_parallel,
             master_port=_free_port(),
+            performance=performance,
         )
         pipeline = cls(settings, start_timeout_s)
         pipeline._launch()
@@ -206,7 +226,7 @@ class MultiProcessPipeline:
             if kind == "ready":
                 ready.add(rank)
                 if rank == 0:
-                    self._loras = payload[0]
+                    self._loras, self.acceleration = payload[0]
         logger.info("%d rank processes ready", self.settings.processes)
 
     def _alive(self) -> bool:
