@@ -169,15 +169,14 @@ def build_request(args: argparse.Namespace) -> GenerationRequest:
     )
 
 
-def _prepare_performance(pipe, device: str, args: argparse.Namespace, request: GenerationRequest) -> dict:
-    """Apply the performance flags once after loading; returns the resolved settings (kept in result.json).
+def _prepare_performance(pipe, settings, request: GenerationRequest) -> dict:
+    """Apply the performance settings once after loading; returns what they resolved to (kept in result.json).
 
     With ``--fp8`` the request's LoRAs are fused before the conversion and pinned: the fp8 layers keep no bf16
     weight to fuse into later, so the generation must (and does) run with exactly these strengths.
     """
-    from .performance_options import prepare_pipeline, settings_for
+    from .performance_options import prepare_pipeline
 
-    settings = settings_for(device, args)
     loras = request.effective_loras if settings.fp8_linear else None
     preset = request.sampling.preset if request.loras is None else None
     try:
@@ -232,10 +231,14 @@ def main(argv: list[str] | None = None) -> int:
         auto_masks = AutoMaskHook.take(args)  # removes the 'auto' values so build_request reads only files
         request = auto_masks.apply(build_request(args))
         validate_request(request)  # fail on bad inputs before the (slow) model load
+        from .performance_options import settings_for, transformer_load_device
+
+        settings = settings_for(device, args)
         pipe = Scail2Pipeline.from_pretrained(
-            args.checkpoint, device=device, dtype=getattr(torch, DTYPES[dtype_name])
+            args.checkpoint, device=device, dtype=getattr(torch, DTYPES[dtype_name]),
+            transformer_device=transformer_load_device(settings, device),
         )
-        performance = _prepare_performance(pipe, device, args, request)
+        performance = _prepare_performance(pipe, settings, request)
         result = pipe.generate(request, progress=bar)
         bar.close()
         result.settings["performance"] = performance

@@ -64,6 +64,13 @@ def settings_for(device: torch.device | str, args: argparse.Namespace) -> Perfor
     return PerformanceSettings.for_device(device, **performance_overrides(args))
 
 
+def transformer_load_device(settings: PerformanceSettings, device: torch.device | str) -> str | None:
+    """Where ``Scail2Pipeline.from_pretrained`` should load the DiT (its ``transformer_device``) for ``settings``:
+    the CPU when its blocks will stream from host memory (low-VRAM cards cannot hold the bf16 weights even
+    briefly), else None (straight onto ``device``)."""
+    return "cpu" if settings.low_vram and torch.device(device).type == "cuda" else None
+
+
 # -- LoRA sets ---------------------------------------------------------------------------------------------------
 
 

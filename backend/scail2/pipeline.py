@@ -244,11 +244,14 @@ class Scail2Pipeline:
         extra_roots: Sequence[str | Path] = (),
         vae_dtype: torch.dtype = torch.float32,
         offload_encoders: bool | None = None,
+        transformer_device: torch.device | str | None = None,
     ) -> Scail2Pipeline:
         """Build the pipeline from a checkpoint folder in any supported layout (see ``layout.resolve_checkpoint``).
 
         ``dtype`` is the DiT and encoder weight dtype (the official code runs umT5 in bf16 and CLIP in fp16; both
         follow ``dtype`` here). The VAE stays float32 by default, as in the official decode.
+        ``transformer_device``: where the DiT's weights load (default ``device``). "cpu" when
+        ``accel.apply_to_pipeline`` will stream its blocks (low-VRAM): its bf16 weights need not fit the GPU.
         """
         device = torch.device(device)
         layout = resolve_checkpoint(folder, extra_roots)
@@ -257,7 +260,7 @@ class Scail2Pipeline:
         encoder_device = (
             "cpu" if (offload_encoders is None and device.type == "cuda") or offload_encoders else device
         )
-        transformer = load_transformer(layout, device=device, dtype=dtype)
+        transformer = load_transformer(layout, device=transformer_device or device, dtype=dtype)
         text_encoder = load_text_encoder(layout, device=encoder_device, dtype=dtype)
         image_encoder = ClipImageEncoder.from_layout(layout, dtype=dtype, device=encoder_device)
         vae = WanVideoVAE.from_layout(layout, dtype=vae_dtype, device=device)

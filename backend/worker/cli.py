@@ -136,8 +136,8 @@ class _StartError(Exception):
         self.code = code
 
 
-def _prepare_performance(pipeline, device: str, args: argparse.Namespace, start_loras: dict[str, float] | None,
-                         warmup_sizes: list | None) -> dict:
+def _prepare_performance(pipeline, device: str, settings, args: argparse.Namespace,
+                         start_loras: dict[str, float] | None, warmup_sizes: list | None) -> dict:
     """Apply the performance flags to the loaded pipeline, fuse (and with fp8 pin) the LoRAs, warm up.
 
     Returns the ``performance`` report of ``/v1/health``: the resolved settings, the pinned LoRAs and the warm-up.
@@ -145,12 +145,11 @@ def _prepare_performance(pipeline, device: str, args: argparse.Namespace, start_
     import torch
 
     from backend.scail2 import Scail2InputError
-    from backend.scail2.performance_options import format_loras, pinned_loras, prepare_pipeline, settings_for
+    from backend.scail2.performance_options import format_loras, pinned_loras, prepare_pipeline
     from backend.scail2.presets import SamplingSettings
 
     from .warmup import parse_warmup, warm_up
 
-    settings = settings_for(device, args)
     loras = start_loras
     if settings.fp8_linear and loras is None:
         # Jobs default to the 'fast' preset, so its LoRAs are the set most jobs can run with.
@@ -238,6 +237,11 @@ def serve(args: argparse.Namespace) -> int:
     store.recover()
     log.info("loading checkpoint", extra={"checkpoint": str(args.checkpoint), "device": device, "dtype": dtype_name,
                                          "token_fingerprint": token_fingerprint(token)})
+    settings = None
+    if args.gpus <= 1:
+        from backend.scail2.performance_options import settings_for, transformer_load_device
+
+        settings = settings_for(device, args)  # before loading: low-VRAM loads the DiT into host memory
     started = time.monotonic()
     try:
         from backend.scail2.pipeline import Scail2Pipeline
@@ -248,7 +252,8 @@ def serve(args: argparse.Namespace) -> int:
             pipeline = MultiProcessPipeline.start(args.checkpoint, processes=args.gpus,
                                                   device=torch.device(device).type, dtype=getattr(torch, dtype_name))
         else:
-            pipeline = Scail2Pipeline.from_pretrained(args.checkpoint, device=device, dtype=getattr(torch, dtype_name))
+            pipeline = Scail2Pipeline.from_pretrained(args.checkpoint, device=device, dtype=getattr(torch, dtype_name),
+                                                      transformer_device=transformer_load_device(settings, device))
     except CheckpointError as exc:
         log.error("checkpoint failed to load", extra={"error": str(exc)})
         return _fail(f"cannot load the checkpoint: {exc}", 3)
@@ -258,9 +263,9 @@ def serve(args: argparse.Namespace) -> int:
         return _fail(f"cannot start the {args.gpus} GPU processes: {exc}", 3)
     log.info("model loaded", extra={"seconds": round(time.monotonic() - started, 2)})
     performance = None
-    if args.gpus <= 1:
+    if settings is not None:
         try:
-            performance = _prepare_performance(pipeline, device, args, start_loras, warmup_sizes)
+            performance = _prepare_performance(pipeline, device, settings, args, start_loras, warmup_sizes)
         except _StartError as exc:
             log.error("performance settings failed", extra={"error": str(exc)})
             return _fail(str(exc), exc.code)

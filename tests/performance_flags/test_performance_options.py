@@ -26,6 +26,7 @@ from backend.scail2.performance_options import (
     pinned_loras,
     prepare_pipeline,
     settings_for,
+    transformer_load_device,
 )
 from backend.scail2.pipeline import Scail2Pipeline
 from backend.scail2.presets import SamplingSettings
@@ -64,6 +65,14 @@ def test_every_flag_reaches_the_settings_and_unset_flags_keep_the_memory_class_d
         parse("--offload-encoders", "--keep-encoders")
     with pytest.raises(SystemExit):
         parse("--attention-backend", "fastest")
+
+
+def test_low_vram_loads_the_dit_into_host_memory_first():
+    # A 24/48 GB card cannot hold the 30.6 GiB of bf16 DiT weights even before they are streamed.
+    assert transformer_load_device(PerformanceSettings.for_memory(23.6), "cuda:0") == "cpu"
+    assert transformer_load_device(PerformanceSettings.for_memory(44.4), "cuda") == "cpu"
+    assert transformer_load_device(PerformanceSettings.for_memory(H100_GIB), "cuda") is None
+    assert transformer_load_device(PerformanceSettings(low_vram=True), "cpu") is None
 
 
 def test_lora_and_warmup_values():
