@@ -175,7 +175,7 @@ def _prepare_performance(pipe, settings, request: GenerationRequest) -> dict:
     With ``--fp8`` the request's LoRAs are fused before the conversion and pinned: the fp8 layers keep no bf16
     weight to fuse into later, so the generation must (and does) run with exactly these strengths.
     """
-    from .performance_options import prepare_pipeline
+    from .performance_options import performance_report, prepare_pipeline
 
     loras = request.effective_loras if settings.fp8_linear else None
     preset = request.sampling.preset if request.loras is None else None
@@ -183,7 +183,7 @@ def _prepare_performance(pipe, settings, request: GenerationRequest) -> dict:
         state = prepare_pipeline(pipe, settings, loras, preset)
     except RuntimeError as exc:  # fp8 or an attention backend this device cannot run
         raise Scail2Error(str(exc)) from exc
-    return state.to_dict()
+    return performance_report(pipe, state)
 
 
 class _ProgressBar:

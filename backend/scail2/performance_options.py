@@ -167,6 +167,16 @@ def prepare_pipeline(pipe: Any, settings: PerformanceSettings, loras: Mapping[st
     return state
 
 
+def performance_report(pipe: Any, state: AccelerationState) -> dict[str, Any]:
+    """``state.to_dict()`` plus ``pinned_loras``, with the two switches the device can overrule shown as they
+    took effect: on the CPU nothing is parked or streamed, whatever the settings say."""
+    report = state.to_dict()
+    report["offload_encoders"] = bool(pipe.offload_encoders)
+    report["low_vram"] = state.streamer is not None
+    report["pinned_loras"] = pinned_loras(pipe)
+    return report
+
+
 def pinned_loras(pipe: Any) -> dict[str, float] | None:
     """The LoRA strengths ``pipe`` is pinned to (fp8), or None when jobs may change them."""
     manager = getattr(pipe, "lora_manager", None)

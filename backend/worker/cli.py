@@ -145,7 +145,7 @@ def _prepare_performance(pipeline, device: str, settings, args: argparse.Namespa
     import torch
 
     from backend.scail2 import Scail2InputError
-    from backend.scail2.performance_options import format_loras, pinned_loras, prepare_pipeline
+    from backend.scail2.performance_options import format_loras, performance_report, prepare_pipeline
     from backend.scail2.presets import SamplingSettings
 
     from .warmup import parse_warmup, warm_up
@@ -161,8 +161,7 @@ def _prepare_performance(pipeline, device: str, settings, args: argparse.Namespa
         raise _StartError(f"--loras {format_loras(loras or {})}: {exc}{hint}") from exc
     except RuntimeError as exc:  # an fp8 or attention-backend request this device cannot run
         raise _StartError(str(exc)) from exc
-    report = state.to_dict()
-    report["pinned_loras"] = pinned_loras(pipeline)
+    report = performance_report(pipeline, state)
     log.info("performance settings applied", extra={"performance": report})
     if warmup_sizes is None:
         warmup_sizes = parse_warmup("512p" if device.startswith("cuda") and settings.compile_blocks else "none")

@@ -148,6 +148,7 @@ def test_scail2_generate_fp8_fuses_the_request_loras_and_records_the_settings(ti
     performance = settings["performance"]
     assert performance["fp8_linear"] is True and performance["fp8_linears"] == 16
     assert performance["attention_backend_resolved"] == "native" and performance["compile_blocks"] is False
+    assert performance["pinned_loras"] == {"lightx2v": 0.8, "dpo": 0.5}
     assert len(list((out / "frames").iterdir())) == 9
 
 

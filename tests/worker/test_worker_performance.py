@@ -25,6 +25,7 @@ def test_health_reports_the_cpu_reference_settings(worker):
     assert performance["compile_blocks"] is False and performance["compiled_blocks"] == 0
     assert performance["fp8_linear"] is False and performance["fp8_linears"] == 0
     assert performance["low_vram"] is False and performance["streamed_host_gib"] == 0.0
+    assert performance["offload_encoders"] is False  # nothing to park the encoders away from
     assert performance["pinned_loras"] is None and performance["warmup"] is None
     schema = requests.get(f"{worker.url}/openapi.json", timeout=10).json()["components"]["schemas"]
     assert {"PerformanceInfo", "WarmupInfo"} <= set(schema)
