@@ -136,8 +136,8 @@ class _StartError(Exception):
         self.code = code
 
 
-def _prepare_performance(pipeline, device: str, settings, args: argparse.Namespace,
-                         start_loras: dict[str, float] | None, warmup_sizes: list | None) -> dict:
+def _prepare_performance(pipeline, device: str, settings, start_loras: dict[str, float] | None,
+                         warmup_sizes: list | None) -> dict:
     """Apply the performance flags to the loaded pipeline, fuse (and with fp8 pin) the LoRAs, warm up.
 
     Returns the ``performance`` report of ``/v1/health``: the resolved settings, the pinned LoRAs and the warm-up.
@@ -264,7 +264,7 @@ def serve(args: argparse.Namespace) -> int:
     performance = None
     if settings is not None:
         try:
-            performance = _prepare_performance(pipeline, device, settings, args, start_loras, warmup_sizes)
+            performance = _prepare_performance(pipeline, device, settings, start_loras, warmup_sizes)
         except _StartError as exc:
             log.error("performance settings failed", extra={"error": str(exc)})
             return _fail(str(exc), exc.code)
