@@ -197,9 +197,10 @@ def serve(args: argparse.Namespace) -> int:
         warmup_sizes = parse_warmup(args.warmup) if args.warmup is not None else None
     except ValueError as exc:
         return _fail(f"--warmup: {exc}")
-    if args.gpus > 1 and (performance_overrides(args) or start_loras is not None or warmup_sizes):
-        return _fail("the performance flags, --loras and --warmup apply to single-GPU workers; with --gpus > 1 "
-                     "each GPU process runs the engine's defaults")
+    if args.gpus > 1 and (performance_overrides(args).get("fp8_linear") or start_loras is not None or warmup_sizes):
+        # The rank processes neither pin LoRAs (which fp8 needs) nor warm up.
+        return _fail("--fp8, --loras and --warmup apply to single-GPU workers; with --gpus > 1 use the other "
+                     "performance flags only")
     generated = token is None
     if generated:
         token = generate_token()
@@ -236,11 +237,10 @@ def serve(args: argparse.Namespace) -> int:
     store.recover()
     log.info("loading checkpoint", extra={"checkpoint": str(args.checkpoint), "device": device, "dtype": dtype_name,
                                          "token_fingerprint": token_fingerprint(token)})
-    settings = None
-    if args.gpus <= 1:
-        from backend.scail2.performance_options import settings_for, transformer_load_device
+    from backend.scail2.performance_options import settings_for, transformer_load_device
 
-        settings = settings_for(device, args)  # before loading: low-VRAM loads the DiT into host memory
+    # Resolved before loading: low-VRAM loads the DiT into host memory. With --gpus N every rank applies them.
+    settings = settings_for(device, args)
     started = time.monotonic()
     try:
         from backend.scail2.pipeline import Scail2Pipeline
@@ -249,7 +249,8 @@ def serve(args: argparse.Namespace) -> int:
             from backend.scail2.parallel.launcher import MultiProcessPipeline
 
             pipeline = MultiProcessPipeline.start(args.checkpoint, processes=args.gpus,
-                                                  device=torch.device(device).type, dtype=getattr(torch, dtype_name))
+                                                  device=torch.device(device).type, dtype=getattr(torch, dtype_name),
+                                                  performance=settings)
         else:
             pipeline = Scail2Pipeline.from_pretrained(args.checkpoint, device=device, dtype=getattr(torch, dtype_name),
                                                       transformer_device=transformer_load_device(settings, device))
@@ -261,8 +262,10 @@ def serve(args: argparse.Namespace) -> int:
             raise
         return _fail(f"cannot start the {args.gpus} GPU processes: {exc}", 3)
     log.info("model loaded", extra={"seconds": round(time.monotonic() - started, 2)})
-    performance = None
-    if settings is not None:
+    if args.gpus > 1:
+        # What rank 0 applied; every rank applies the same settings to its share of the DiT.
+        performance = {**pipeline.acceleration, "pinned_loras": None, "warmup": None}
+    else:
         try:
             performance = _prepare_performance(pipeline, device, settings, start_loras, warmup_sizes)
         except _StartError as exc:

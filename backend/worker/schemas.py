@@ -266,4 +266,4 @@ class Health(HealthPublic):
     limits: dict[str, float]
     features: dict[str, bool]
     performance: PerformanceInfo | None = Field(
-        description="resolved performance settings (docs/PERFORMANCE.md); null on --gpus > 1 workers")
+        description="resolved performance settings (docs/PERFORMANCE.md); on --gpus N workers those of rank 0")

@@ -31,6 +31,19 @@ def test_health_reports_the_cpu_reference_settings(worker):
     assert {"PerformanceInfo", "WarmupInfo"} <= set(schema)
 
 
+def test_every_rank_of_a_multi_gpu_worker_applies_the_flags(tiny_checkpoint, tmp_path):
+    # Two CPU processes (gloo) stand for two GPUs; health reports what rank 0 applied.
+    running = start_worker(tiny_checkpoint, tmp_path / "data", tmp_path / "worker.log", "--gpus", "2",
+                           "--attention-backend", "native", "--no-compile")
+    try:
+        performance = running.client().health()["performance"]
+    finally:
+        running.stop()
+    assert performance["attention_backend"] == "native" and performance["attention_backend_resolved"] == "native"
+    assert performance["compile_blocks"] is False and performance["fp8_linear"] is False
+    assert performance["pinned_loras"] is None and performance["warmup"] is None
+
+
 @pytest.fixture(scope="module")
 def fp8_worker(tiny_checkpoint, tmp_path_factory):
     folder = tmp_path_factory.mktemp("worker_fp8")
