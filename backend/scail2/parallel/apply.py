@@ -101,4 +101,13 @@ def parallelize_from_environment(transformer: nn.Module) -> ParallelTransformer 
         if not launched_distributed():
             return None
         runtime = init_parallel(cfg_parallel=os.environ.get(CFG_PARALLEL_ENV, "0") == "1")
+        # Nobody else will tear this group down: leave it in step at interpreter exit, since a rank that exits
+        # with gloo's threads still alive while its peer finishes a collective aborts ("terminate called ...").
+        atexit.register(_leave_group, runtime)
     return parallelize_transformer(transformer, runtime)
+
+
+def _leave_group(runtime: ParallelRuntime) -> None:
+    if runtime.owns_process_group and dist.is_initialized():
+        dist.barrier()
+    runtime.shutdown()
