@@ -264,7 +264,7 @@ class Scail2Pipeline:
         text_encoder = load_text_encoder(layout, device=encoder_device, dtype=dtype)
         image_encoder = ClipImageEncoder.from_layout(layout, dtype=dtype, device=encoder_device)
         vae = WanVideoVAE.from_layout(layout, dtype=vae_dtype, device=device)
-        lora_manager = _make_lora_manager(transformer, layout)
+        lora_manager = LoraManager(transformer)
         return cls(
             transformer,
             text_encoder,
@@ -798,8 +798,3 @@ def load_text_encoder(
     return UMT5TextEncoder.from_official(
         layout.text_encoder.path, layout.tokenizer, config, dtype=dtype, device=device
     )
-
-
-def _make_lora_manager(transformer: SCAIL2Transformer, layout: CheckpointLayout) -> LoraManager:
-    """The LoRA fuse manager; it recomputes patched weights from the checkpoint the DiT was loaded from."""
-    return LoraManager(transformer)
