@@ -118,18 +118,6 @@ def result_present(scene, shot) -> bool:
             and jobs.result_complete(paths.absolute(job.output_dir)))
 
 
-def _remove_placement(scene, name: str) -> None:
-    if scene.sequence_editor is not None:
-        strips = compat.vse_strips(scene)
-        if strips.get(name) is not None:
-            strips.remove(strips.get(name))
-    for obj in scene.objects:
-        if obj.type == "CAMERA":
-            for background in list(obj.data.background_images):
-                if background.image is not None and background.image.name == name:
-                    obj.data.background_images.remove(background)
-
-
 def placement_matches(scene, shot, job) -> bool:
     """The result sits where the shot says: its strip on the shot's channel and start, its camera background."""
     name = importing.strip_name(job.key)
@@ -155,7 +143,7 @@ def place_result(scene, shot) -> bool:
     _index, job = shot_job(scene, shot.result_key)
     if placement_matches(scene, shot, job):
         return False
-    _remove_placement(scene, importing.strip_name(job.key))
+    importing.remove_placement(scene, importing.strip_name(job.key))
     with shot_settings(output_overrides(scene, shot)):
         jobs.import_job(scene, job)
     return True

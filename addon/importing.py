@@ -37,6 +37,19 @@ def strip_name(job_key: str) -> str:
     return f"SCAIL {job_key}"
 
 
+def remove_placement(scene, name: str) -> None:
+    """Take the strip named ``name`` out of the sequencer and its image off every camera background."""
+    if scene.sequence_editor is not None:
+        strips = compat.vse_strips(scene)
+        if strips.get(name) is not None:
+            strips.remove(strips.get(name))
+    for obj in scene.objects:
+        if obj.type == "CAMERA":
+            for background in list(obj.data.background_images):
+                if background.image is not None and background.image.name == name:
+                    obj.data.background_images.remove(background)
+
+
 def set_scene_fps(scene: bpy.types.Scene, fps: float) -> None:
     """Integer fps with ``fps_base`` for NTSC-style rates (29.97 = 30 / 1.001)."""
     rounded = max(1, int(round(fps)))

@@ -373,17 +373,7 @@ def delete_job(scene, index: int, delete_files: bool = True) -> str:
         except Exception as error:  # noqa: BLE001 - the local entry is removed anyway
             note = f" (the worker's copy was not removed: {error})"
     name = importing.strip_name(job.key)
-    if scene.sequence_editor is not None:
-        from . import compat
-
-        strips = compat.vse_strips(scene)
-        if strips.get(name) is not None:
-            strips.remove(strips.get(name))
-    for obj in scene.objects:
-        if obj.type == "CAMERA":
-            for background in list(obj.data.background_images):
-                if background.image is not None and background.image.name == name:
-                    obj.data.background_images.remove(background)
+    importing.remove_placement(scene, name)
     if bpy.data.images.get(name) is not None:
         bpy.data.images.remove(bpy.data.images[name])
     folder = paths.absolute(job.output_dir)
