@@ -6,6 +6,10 @@ part of the test contract, so a missing folder fails loudly instead of skipping 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -52,3 +56,23 @@ def tiny_checkpoint_copy(tiny_checkpoint: Path, tmp_path: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(tiny_checkpoint, tmp_path / "SCAIL-2"))
+
+
+@pytest.fixture(scope="session")
+def run_bpy_suite() -> Callable[[Path, str, str], subprocess.CompletedProcess]:
+    """Runs one folder's ``bpy`` tests in their own pytest process: ``bpy`` and torch never share one.
+
+    Call it with the folder, the file pattern of its ``bpy`` tests and the environment variable its
+    ``conftest.py`` checks to import ``bpy``; the inner output is printed so a failure shows why.
+    """
+
+    def run(folder: Path, file_pattern: str, inner_flag: str) -> subprocess.CompletedProcess:
+        env = dict(os.environ, **{inner_flag: "1"})
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
+                   f"python_files={file_pattern}", f"--confcutdir={folder}", str(folder)]
+        result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+        print(result.stdout[-20000:])
+        print(result.stderr[-5000:], file=sys.stderr)
+        return result
+
+    return run
