@@ -44,7 +44,7 @@ from .masks import (
 from .presets import SamplingSettings, check_loras_available
 from .schedulers import build_sampler
 from .segments import Window, official_windows, padded_windows
-from .text_encoder import T5EncoderConfig, UMT5TextEncoder
+from .text_encoder import UMT5TextEncoder
 from .transformer_scail2 import SCAIL2Transformer, config_from_official
 from .vae import WanVideoVAE
 
@@ -261,7 +261,7 @@ class Scail2Pipeline:
             "cpu" if (offload_encoders is None and device.type == "cuda") or offload_encoders else device
         )
         transformer = load_transformer(layout, device=transformer_device or device, dtype=dtype)
-        text_encoder = load_text_encoder(layout, device=encoder_device, dtype=dtype)
+        text_encoder = UMT5TextEncoder.from_layout(layout, dtype=dtype, device=encoder_device)
         image_encoder = ClipImageEncoder.from_layout(layout, dtype=dtype, device=encoder_device)
         vae = WanVideoVAE.from_layout(layout, dtype=vae_dtype, device=device)
         lora_manager = LoraManager(transformer)
@@ -785,16 +785,3 @@ def load_transformer(
                 f"{layout.root}: unusable 'dit' section in the tiny config ({exc})"
             ) from exc
     return SCAIL2Transformer.from_single_file(layout.dit, config, torch_dtype=dtype, device=device)
-
-
-def load_text_encoder(
-    layout: CheckpointLayout, *, device: torch.device | str, dtype: torch.dtype
-) -> UMT5TextEncoder:
-    if layout.text_encoder.format == "diffusers":
-        return UMT5TextEncoder.from_diffusers(
-            layout.text_encoder.path, layout.tokenizer, dtype=dtype, device=device
-        )
-    config = T5EncoderConfig.from_official_args(layout.configs.get("t5", {}))
-    return UMT5TextEncoder.from_official(
-        layout.text_encoder.path, layout.tokenizer, config, dtype=dtype, device=device
-    )
