@@ -216,29 +216,18 @@ def _find_t5(roots: Sequence[Path]) -> tuple[ComponentSource, Path]:
     )
 
 
-def _find_clip(roots: Sequence[Path]) -> ComponentSource:
+def _find_official_or_diffusers(
+    roots: Sequence[Path], official_file: str, diffusers_folder: str, what: str, hint: str
+) -> ComponentSource:
+    """The official single-file weights, else a diffusers sub-folder with its ``config.json``."""
     search = _Search(roots)
-    weights = search.file(CLIP_FILE)
+    weights = search.file(official_file)
     if weights:
         return ComponentSource("official", weights)
-    folder = search.folder("image_encoder", "config.json")
+    folder = search.folder(diffusers_folder, "config.json")
     if folder:
         return ComponentSource("diffusers", folder)
-    raise search.fail(
-        "CLIP image encoder",
-        f"Expected the official {CLIP_FILE} (zai-org/SCAIL-2) or a diffusers image_encoder/ folder.",
-    )
-
-
-def _find_vae(roots: Sequence[Path]) -> ComponentSource:
-    search = _Search(roots)
-    weights = search.file(VAE_FILE)
-    if weights:
-        return ComponentSource("official", weights)
-    folder = search.folder("vae", "config.json")
-    if folder:
-        return ComponentSource("diffusers", folder)
-    raise search.fail("Wan2.1 VAE", f"Expected the official {VAE_FILE} or a diffusers vae/ folder.")
+    raise search.fail(what, hint)
 
 
 def _lora_files(folder: Path) -> Iterable[Path]:
@@ -295,8 +284,16 @@ def resolve_checkpoint(root: str | Path, extra_roots: Sequence[str | Path] = ())
         dit_format=dit_format,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        image_encoder=_find_clip(roots),
-        vae=_find_vae(roots),
+        image_encoder=_find_official_or_diffusers(
+            roots,
+            CLIP_FILE,
+            "image_encoder",
+            "CLIP image encoder",
+            f"Expected the official {CLIP_FILE} (zai-org/SCAIL-2) or a diffusers image_encoder/ folder.",
+        ),
+        vae=_find_official_or_diffusers(
+            roots, VAE_FILE, "vae", "Wan2.1 VAE", f"Expected the official {VAE_FILE} or a diffusers vae/ folder."
+        ),
         loras=_find_loras(roots, dit),
         configs=configs,
         untrained=bool(configs),
