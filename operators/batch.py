@@ -36,16 +36,14 @@ class SCAIL_OT_batch_render(bpy.types.Operator):
 
     def execute(self, context):
         def action():
-            names = _run_names(self.shots)
-            if not bpy.app.background:
-                run = batch.start_in_background(context.scene, names, context)
-                for note in run.notes + run.warnings:
-                    self.report({"WARNING"}, note)
-                self.report({"INFO"}, f"Batch started: {len(run.names)} shot(s) on {len(run.pool)} worker(s)")
-                return {"FINISHED"}
-            run = batch.run_batch(context.scene, names, context)
+            # In the UI the batch runs on a timer; without one (background mode) it runs to the end here.
+            start = batch.run_batch if bpy.app.background else batch.start_in_background
+            run = start(context.scene, _run_names(self.shots), context)
             for note in run.notes + run.warnings:
                 self.report({"WARNING"}, note)
+            if not bpy.app.background:
+                self.report({"INFO"}, f"Batch started: {len(run.names)} shot(s) on {len(run.pool)} worker(s)")
+                return {"FINISHED"}
             scene_batch = context.scene.scail_batch
             failed = run.failed_shots()
             for name in failed:
