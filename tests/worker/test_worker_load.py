@@ -22,7 +22,11 @@ def test_status_polling_under_load_keeps_answers_and_result_right(worker, inputs
     client = worker.client()
     spec = {**SHORT_SPEC, "seed": 21}
     under_load = client.submit(spec, inputs.files())
-    stats = benchmark.measure_status_latency(worker.url, worker.token, under_load, clients=50, seconds=20.0)
+    # Poll for the whole period even after the job ends: how many answers arrive then depends only on the
+    # machine, never on how fast the tiny job finishes, so every one of the 50 clients gets at least one.
+    stats = benchmark.measure_status_latency(
+        worker.url, worker.token, under_load, clients=50, seconds=8.0, stop_when_finished=False
+    )
     assert stats["errors"] == 0, stats["error_samples"]
     assert stats["requests"] >= 50
     assert "running" in stats["statuses_seen"] or "queued" in stats["statuses_seen"]
