@@ -148,13 +148,6 @@ class LazyStateDict(Mapping[str, TensorRef]):
             renamed[new_key] = ref
         return LazyStateDict(renamed, self.source)
 
-    def strip_prefix(self, *prefixes: str) -> LazyStateDict:
-        """Remove the first of ``prefixes`` that every key starts with (e.g. ``model.diffusion_model.``)."""
-        for prefix in prefixes:
-            if self._refs and all(key.startswith(prefix) for key in self._refs):
-                return self.rename(lambda key, n=len(prefix): key[n:])
-        return self
-
 
 def _check_readable(path: Path) -> None:
     if not path.exists():

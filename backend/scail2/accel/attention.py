@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -103,13 +102,6 @@ def select_attention_backend(
         if probe_backend(name, device):
             return name
     return "native"
-
-
-def attention_processors(model: nn.Module) -> Iterable[object]:
-    for module in model.modules():
-        processor = getattr(module, "processor", None)
-        if processor is not None and hasattr(processor, "_attention_backend"):
-            yield processor
 
 
 def set_attention_backend(model: nn.Module, name: str, cross_name: str | None = None) -> int:
