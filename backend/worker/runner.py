@@ -208,10 +208,6 @@ class JobRunner:
             if self._current == job_id:
                 self._cancel.set()
 
-    @property
-    def current_job(self) -> str | None:
-        return self._current
-
     def stop(self, timeout: float = 60.0) -> None:
         """Interrupt the running job (it is requeued) and wait for the thread to end."""
         self._stop.set()
