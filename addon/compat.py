@@ -72,13 +72,6 @@ def restore_image_output(scene: bpy.types.Scene, state: tuple) -> None:
     settings.compression = compression
 
 
-def compositor_tree(scene: bpy.types.Scene):
-    """``scene.node_tree`` became ``scene.compositing_node_group`` in 5.0."""
-    if hasattr(scene, "compositing_node_group"):
-        return scene.compositing_node_group
-    return getattr(scene, "node_tree", None)
-
-
 def use_compositing(scene: bpy.types.Scene) -> bool:
     return bool(getattr(scene.render, "use_compositing", False))
 
