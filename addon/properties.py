@@ -21,6 +21,17 @@ JOB_STATUSES = ("preparing", "uploading", "queued", "running", "downloading", "s
                 "disconnected")
 ACTIVE_STATUSES = frozenset({"preparing", "uploading", "queued", "running", "downloading"})
 
+# Shared with the shots (``shots.py``), so a shot offers exactly the panel's modes and presets.
+MODES = [
+    ("animation", "Animate", "The reference character performs the driving motion"),
+    ("replacement", "Replace", "The reference character replaces the subject in the driving clip"),
+]
+PRESETS = [
+    ("fast", "Fast", "Few steps with the distillation LoRA"),
+    ("balanced", "Balanced", "A middle ground"),
+    ("quality", "Quality", "Full sampling"),
+]
+
 
 def _is_camera(_self, obj: bpy.types.Object) -> bool:
     return obj.type == "CAMERA"
@@ -165,27 +176,12 @@ class SCAIL_PG_settings(bpy.types.PropertyGroup):
     probed_source: StringProperty(name="Probed", description="What the probe values describe")
 
     # Generate
-    mode: EnumProperty(
-        name="Mode",
-        items=[
-            ("animation", "Animate", "The reference character performs the driving motion"),
-            ("replacement", "Replace", "The reference character replaces the subject in the driving clip"),
-        ],
-        default="animation",
-    )
+    mode: EnumProperty(name="Mode", items=MODES, default="animation")
     prompt: StringProperty(name="Prompt", default="a character moving naturally")
     prompt_text: PointerProperty(name="Prompt Text", type=bpy.types.Text,
                                  description="A Text datablock for long prompts; overrides the field")
     negative_prompt: StringProperty(name="Negative")
-    preset: EnumProperty(
-        name="Preset",
-        items=[
-            ("fast", "Fast", "Few steps with the distillation LoRA"),
-            ("balanced", "Balanced", "A middle ground"),
-            ("quality", "Quality", "Full sampling"),
-        ],
-        default="fast",
-    )
+    preset: EnumProperty(name="Preset", items=PRESETS, default="fast")
     show_advanced: BoolProperty(name="Advanced", default=False)
     steps: IntProperty(name="Steps", default=0, min=0, max=200, description="0 uses the preset")
     guidance: FloatProperty(name="Guidance", default=0.0, min=0.0, max=30.0, description="0 uses the preset")

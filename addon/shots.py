@@ -24,6 +24,7 @@ from bpy.props import (
 
 from . import render
 from .compat import path_options
+from .properties import MODES, PRESETS
 
 _PATH = path_options()
 
@@ -32,7 +33,8 @@ SHOT_STATUSES = ("", "rendering", "uploading", "queued", "running", "downloading
 BUSY_STATUSES = frozenset({"rendering", "uploading", "queued", "running", "downloading"})
 
 
-# The same choices as the panel's settings (``properties.py``), so a shot can say anything the panel can.
+# The panel's driving and mask choices (``properties.py``), worded for a shot, so a shot can say anything the
+# panel can; modes and presets are the panel's own lists.
 DRIVING_SOURCES = [
     ("FILE", "Video File", "A video file on disk"),
     ("MOVIECLIP", "Movie Clip", "A Movie Clip datablock"),
@@ -47,16 +49,7 @@ MASK_SOURCES = [
     ("RENDER", "Render", "Exact identity masks rendered from the scene (scene animation only)"),
     ("FRAME", "Whole Frame", "The subject fills every frame"),
 ]
-MODES = [
-    ("animation", "Animate", "The reference character performs the driving motion"),
-    ("replacement", "Replace", "The reference character replaces the subject in the driving clip"),
-]
-PRESETS = [
-    ("SCENE", "Scene", "The scene's preset"),
-    ("fast", "Fast", "Few steps with the distillation LoRA"),
-    ("balanced", "Balanced", "A middle ground"),
-    ("quality", "Quality", "Full sampling"),
-]
+SHOT_PRESETS = [("SCENE", "Scene", "The scene's preset"), *PRESETS]
 
 
 def _is_camera(_self, obj: bpy.types.Object) -> bool:
@@ -92,7 +85,7 @@ class SCAIL_PG_shot(bpy.types.PropertyGroup):
     # Generate
     mode: EnumProperty(name="Mode", items=MODES, default="animation")
     prompt: StringProperty(name="Prompt", description="Empty: the scene's prompt")
-    preset: EnumProperty(name="Preset", items=PRESETS, default="SCENE")
+    preset: EnumProperty(name="Preset", items=SHOT_PRESETS, default="SCENE")
     steps: IntProperty(name="Steps", default=0, min=0, max=200, description="0: the scene's setting")
     guidance: FloatProperty(name="Guidance", default=0.0, min=0.0, max=30.0, description="0: the scene's setting")
     shift: FloatProperty(name="Shift", default=0.0, min=0.0, max=30.0, description="0: the scene's setting")
