@@ -22,7 +22,6 @@ MIN_SIDE = 64
 MAX_EXTRA_REFERENCES = 8
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "canceled"]
-FINISHED_STATUSES = ("succeeded", "failed", "canceled")
 MaskSource = Literal["alpha", "file", "auto"]
 
 

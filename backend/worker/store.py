@@ -37,6 +37,7 @@ SCHEMA_VERSION = 1
 # the process being killed for memory, must not block the queue forever).
 MAX_ATTEMPTS = 3
 PROGRESS_COLUMNS = ("progress", "phase", "window", "num_windows", "step", "num_steps", "eta")
+FINISHED_STATUSES = ("succeeded", "failed", "canceled")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -112,7 +113,7 @@ class JobRecord:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("succeeded", "failed", "canceled")
+        return self.status in FINISHED_STATUSES
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRecord:
@@ -342,7 +343,7 @@ class JobStore:
         result: dict[str, Any] | None = None,
         timings: dict[str, Any] | None = None,
     ) -> None:
-        if status not in ("succeeded", "failed", "canceled"):
+        if status not in FINISHED_STATUSES:
             raise ValueError(f"not a final status: {status}")
         with self._transaction() as db:
             db.execute(
