@@ -16,7 +16,7 @@ import threading
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,8 +30,6 @@ from .driving import Progress, write_mask_clip
 from .sam3_loader import Sam3Segmenter, check_sam3_folder, load_sam3
 from .settings import MaskSettings
 
-MaskRole = Literal["reference_mask", "driving_mask"]
-ROLES: tuple[MaskRole, ...] = ("reference_mask", "driving_mask")
 REFERENCE_FILE = "reference_mask.png"
 DRIVING_FOLDER = "driving_mask"
 SUMMARY_FILE = "masks.json"

@@ -23,7 +23,6 @@ from PIL import Image, UnidentifiedImageError
 from .errors import Scail2InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")
 
 
 @dataclass
