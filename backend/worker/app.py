@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
 import random
 import re
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from backend.scail2.performance_options import pinned_loras
 
 from . import API_VERSION
 from .errors import ApiError, invalid
+from .logs import get_logger
 from .runner import JobRunner
 from .schemas import (
     ErrorResponse,
@@ -46,7 +46,7 @@ from .security import TokenGuard, client_namespace, new_job_id
 from .store import IdempotencyConflict, JobRecord, JobStore
 from .uploads import UploadLimits, build_request, canonical_field, discard, resolve_mask_sources, store_upload
 
-log = logging.getLogger("scail.worker.api")
+log = get_logger("scail.worker.api")
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 MAX_IDEMPOTENCY_KEY = 200

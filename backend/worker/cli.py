@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import socket
 import sys
@@ -21,9 +20,10 @@ import threading
 import time
 from pathlib import Path
 
+from .logs import get_logger
 from .security import TokenGuard, generate_token, is_loopback, token_fingerprint
 
-log = logging.getLogger("scail.worker")
+log = get_logger("scail.worker")
 
 TOKEN_ENV = "SCAIL_WORKER_TOKEN"
 READY_PREFIX = "SCAIL-WORKER READY"

@@ -2,6 +2,11 @@
 
 Every record has ``ts``, ``level``, ``logger``, ``event`` (the message) plus the ``extra`` fields given by the
 caller. Nothing here ever sees the token: the CLI prints it once on stdout and no code passes it to a logger.
+
+The worker's modules log through ``get_logger``: its ``extra`` fields travel in one attribute of the record
+instead of becoming attributes themselves, so a field may be called anything (``created``, ``name``, ``args``,
+``message`` ...). With a plain ``logging.getLogger`` such a name makes ``logging`` raise ``KeyError`` inside the
+call, which turned every successful submission into a 500.
 """
 
 from __future__ import annotations
@@ -13,6 +18,23 @@ import time
 
 # uvicorn adds an ANSI-coloured copy of each message as "color_message"; the JSON line needs only one.
 _STANDARD_ATTRIBUTES = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "color_message"}
+FIELDS_ATTRIBUTE = "scail_fields"
+_ENTRY_KEYS = ("ts", "time", "level", "logger", "event", "traceback")
+
+
+class FieldsLogger(logging.LoggerAdapter):
+    """A logger whose ``extra`` dict is carried whole in ``record.scail_fields`` (any key is allowed)."""
+
+    def process(self, msg, kwargs):
+        fields = kwargs.pop("extra", None)
+        if fields:
+            kwargs["extra"] = {FIELDS_ATTRIBUTE: dict(fields)}
+        return msg, kwargs
+
+
+def get_logger(name: str) -> FieldsLogger:
+    """The logger the worker's modules use: ``log.info("job queued", extra={"job": ..., "created": True})``."""
+    return FieldsLogger(logging.getLogger(name), {})
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,8 +47,11 @@ class JsonFormatter(logging.Formatter):
             "event": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
+            if key not in _STANDARD_ATTRIBUTES and key != FIELDS_ATTRIBUTE and not key.startswith("_"):
                 entry[key] = value
+        for key, value in (getattr(record, FIELDS_ATTRIBUTE, None) or {}).items():
+            # A field never overwrites the line's own keys: it is kept beside them with a prefix.
+            entry["field_" + key if key in _ENTRY_KEYS else key] = value
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

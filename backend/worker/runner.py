@@ -13,7 +13,6 @@ start. Either way the job resumes after its last stored window.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import shutil
 import threading
@@ -27,12 +26,13 @@ import numpy as np
 
 from backend.scail2.performance_options import pinned_loras
 
+from .logs import get_logger
 from .schemas import JobSpec
 from .store import JobRecord, JobStore, write_json_atomic
 from .uploads import UploadLimits, build_request, resolve_mask_sources
 from .warmup import compiled_graph_count
 
-log = logging.getLogger("scail.worker.runner")
+log = get_logger("scail.worker.runner")
 
 PROGRESS_WRITE_INTERVAL_S = 0.25
 HASH_CHUNK = 1 << 20

@@ -17,7 +17,6 @@ job folders without a row are removed.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import sqlite3
@@ -30,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("scail.worker.store")
+from .logs import get_logger
+
+log = get_logger("scail.worker.store")
 
 SCHEMA_VERSION = 1
 # A job that was running when the worker died this many times is failed instead of requeued (a crash loop, e.g.

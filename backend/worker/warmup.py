@@ -10,7 +10,6 @@ size or window length that was not warmed up.
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from dataclasses import dataclass
@@ -18,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger("scail.worker.warmup")
+from .logs import get_logger
+
+log = get_logger("scail.worker.warmup")
 
 NAMED_SIZES = {"512p": (512, 896), "704p": (704, 1280)}  # landscape, as the engine's size classes
 DEFAULT_WINDOW_FRAMES = 81  # the engine's window length (spec.segment_len default)
