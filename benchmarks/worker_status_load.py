@@ -8,6 +8,13 @@ the numbers as JSON.
     python benchmarks/worker_status_load.py --clients 50 --seconds 20 --out benchmarks/results/worker_status_load.json
     # against a running worker (loopback only: this is a load generator)
     python benchmarks/worker_status_load.py --url http://127.0.0.1:8765 --token T --job JOB_ID
+    # only the idle keep-alive check (one connection, sequential status requests once the job has finished)
+    python benchmarks/worker_status_load.py --idle-only --out benchmarks/results/worker_keepalive_idle.json
+
+Every run ends with the idle keep-alive check: one client on one persistent connection (``http.client``, as curl
+or any script would) asks for the finished job's status back to back. Its p50 must stay under
+``KEEPALIVE_P50_LIMIT_MS``; a listening socket without TCP_NODELAY shows up here as a ~40 ms stall per request
+(Nagle's algorithm waiting for the delayed ACK), and the script exits 1.
 
 Run from the repository root.
 """
@@ -15,6 +22,7 @@ Run from the repository root.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -32,6 +40,7 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = REPO.parent / "shared" / "media"
+KEEPALIVE_P50_LIMIT_MS = 5.0
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -106,6 +115,40 @@ def measure_status_latency(url: str, token: str, job_id: str, clients: int = 50,
     }
 
 
+def measure_keepalive_latency(url: str, token: str, job_id: str, requests_count: int = 300) -> dict[str, Any]:
+    """Sequential ``GET /v1/jobs/{id}`` on one keep-alive connection; latency percentiles in milliseconds."""
+    parsed = urlparse(url)
+    if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"{url}: this load generator only targets loopback workers")
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port or 80, timeout=30)
+    headers = {"Authorization": f"Bearer {token}"}
+    values: list[float] = []
+    errors = 0
+    try:
+        for _ in range(requests_count):
+            began = time.perf_counter()
+            connection.request("GET", f"/v1/jobs/{job_id}", headers=headers)
+            response = connection.getresponse()
+            body = response.read()
+            values.append((time.perf_counter() - began) * 1000.0)
+            if response.status != 200 or json.loads(body).get("id") != job_id:
+                errors += 1
+    finally:
+        connection.close()
+    values.sort()
+    p50 = percentile(values, 0.50)
+    return {
+        "requests": len(values),
+        "errors": errors,
+        "p50_ms": round(p50, 2),
+        "p90_ms": round(percentile(values, 0.90), 2),
+        "p99_ms": round(percentile(values, 0.99), 2),
+        "max_ms": round(values[-1], 2),
+        "limit_p50_ms": KEEPALIVE_P50_LIMIT_MS,
+        "passed": errors == 0 and p50 < KEEPALIVE_P50_LIMIT_MS,
+    }
+
+
 def _self_contained_run(args: argparse.Namespace) -> dict[str, Any]:
     """Start a local worker on a tiny checkpoint, submit a job, and measure while it runs."""
     sys.path.insert(0, str(REPO))
@@ -143,10 +186,13 @@ def _self_contained_run(args: argparse.Namespace) -> dict[str, Any]:
                 "frame_range": [0, args.frames], "segment_len": 13}
         job_id = client.submit(spec, {"reference": reference, "driving": MEDIA / "carphone_pristine.mp4",
                                       "driving_mask": mask_path})
-        stats = measure_status_latency(worker.url, worker.token, job_id, args.clients, args.seconds,
-                                       interval=args.interval)
+        stats: dict[str, Any] = {}
+        if not args.idle_only:
+            stats = measure_status_latency(worker.url, worker.token, job_id, args.clients, args.seconds,
+                                           interval=args.interval)
         final = client.wait(job_id, poll_interval=0.2, timeout=600)
         stats["job"] = {"status": final["status"], "frames": final["result"]["frames"], "timings": final["timings"]}
+        stats["keepalive_idle"] = measure_keepalive_latency(worker.url, worker.token, job_id)
         stats["worker"] = {"device": args.device, "checkpoint": "tiny (untrained)" if args.checkpoint is None
                            else str(args.checkpoint)}
         return stats
@@ -167,23 +213,37 @@ def main(argv: list[str] | None = None) -> int:
                         help="pause between one client's polls (0: back to back, the worst case; 1: the add-on)")
     parser.add_argument("--frames", type=int, default=29, help="driving frames of the self-submitted job")
     parser.add_argument("--steps", type=int, default=200, help="steps per window of the self-submitted job")
+    parser.add_argument("--idle-only", action="store_true",
+                        help="skip the polling load; only the idle keep-alive check after a short job")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "worker_status_load.json")
     args = parser.parse_args(argv)
+    if args.idle_only and args.frames == parser.get_default("frames"):
+        args.frames, args.steps = 9, 2  # the job only has to finish
     if args.url:
         if not (args.token and args.job):
             parser.error("--url needs --token (or SCAIL_WORKER_TOKEN) and --job")
-        stats = measure_status_latency(args.url.rstrip("/"), args.token, args.job, args.clients, args.seconds,
-                                       interval=args.interval, stop_when_finished=False)
+        url = args.url.rstrip("/")
+        stats = {} if args.idle_only else measure_status_latency(url, args.token, args.job, args.clients,
+                                                                 args.seconds, interval=args.interval,
+                                                                 stop_when_finished=False)
+        stats["keepalive_idle"] = measure_keepalive_latency(url, args.token, args.job)
     else:
         stats = _self_contained_run(args)
     stats["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
     stats["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     stats["interval_s"] = args.interval
-    rows = [("clients", stats["clients"]), ("poll interval s", args.interval), ("duration s", stats["seconds"]), ("requests", stats["requests"]),
-            ("errors", stats["errors"]), ("requests/s", stats["requests_per_s"]), ("p50 ms", stats["p50_ms"]),
-            ("p90 ms", stats["p90_ms"]), ("p99 ms", stats["p99_ms"]), ("max ms", stats["max_ms"]),
-            ("statuses seen", ", ".join(stats["statuses_seen"]))]
+    rows: list[tuple[str, Any]] = []
+    if not args.idle_only:
+        rows += [("clients", stats["clients"]), ("poll interval s", args.interval), ("duration s", stats["seconds"]),
+                 ("requests", stats["requests"]), ("errors", stats["errors"]),
+                 ("requests/s", stats["requests_per_s"]), ("p50 ms", stats["p50_ms"]), ("p90 ms", stats["p90_ms"]),
+                 ("p99 ms", stats["p99_ms"]), ("max ms", stats["max_ms"]),
+                 ("statuses seen", ", ".join(stats["statuses_seen"]))]
+    idle = stats["keepalive_idle"]
+    rows += [("idle keep-alive requests", idle["requests"]), ("idle keep-alive p50 ms", idle["p50_ms"]),
+             ("idle keep-alive p90 ms", idle["p90_ms"]), ("idle keep-alive p99 ms", idle["p99_ms"]),
+             (f"idle keep-alive p50 < {KEEPALIVE_P50_LIMIT_MS:g} ms", "pass" if idle["passed"] else "FAIL")]
     width = max(len(name) for name, _ in rows)
     print(f"{'metric'.ljust(width)} | value")
     print(f"{'-' * width}-|------")
@@ -194,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(stats, indent=1))
     tmp.replace(args.out)
     print(f"written {args.out}")
-    return 0 if stats["errors"] == 0 else 1
+    return 0 if stats.get("errors", 0) == 0 and idle["passed"] else 1
 
 
 if __name__ == "__main__":

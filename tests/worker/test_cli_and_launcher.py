@@ -116,3 +116,33 @@ def test_stop_while_starting_does_not_wait_for_the_start(tiny_checkpoint, tmp_pa
     assert time.monotonic() - began < 25 and not starter.is_alive()
     assert not worker.is_running()
     assert errors and isinstance(errors[0], WorkerStartError)
+
+
+def test_accepted_connections_have_nagle_off():
+    """Every connection the worker's listening socket accepts (through asyncio, as uvicorn serves it) sends small
+    responses at once: without TCP_NODELAY a keep-alive client waited ~40 ms per request for a delayed ACK."""
+    import asyncio
+    import socket
+
+    from backend.worker.cli import _bind
+
+    async def accepted_nodelay() -> int:
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport):
+                sock = transport.get_extra_info("socket")
+                seen.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        listener = _bind("127.0.0.1", 0)
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", listener.getsockname()[1])
+            value = await asyncio.wait_for(seen, 10)
+            writer.close()
+            return value
+        finally:
+            server.close()
+
+    assert asyncio.run(accepted_nodelay()) != 0
