@@ -82,7 +82,8 @@ FK_ORDER: tuple[str, ...] = (
     *LOWER_ROLES,
 )
 
-FPS = 16.0  # the frame rate the motions are designed for (gait periods below are in frames at this rate)
+FPS = 16.0
+MAX_TRAVEL = 0.8  # world units a root may cover in one clip, whatever its length  # the frame rate the motions are designed for (gait periods below are in frames at this rate)
 
 
 def _deg(value: float | np.ndarray) -> float | np.ndarray:
@@ -404,6 +405,9 @@ def sample_motion(rng: np.random.Generator, frames: int) -> Motion:
     speed = u(0.25, 0.6) / period if walking else u(-0.004, 0.004)
     velocity = speed * facing if walking else np.full(frames, speed)
     root_x = np.concatenate([[0.0], np.cumsum(velocity[1:])])
+    travel = np.ptp(root_x)
+    if travel > MAX_TRAVEL:  # long clips: keep the performer on screen (the camera may follow as well)
+        root_x *= MAX_TRAVEL / travel
     root_x -= root_x.mean()
 
     jump = np.zeros(frames)

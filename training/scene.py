@@ -373,8 +373,8 @@ def _sample_camera(rng: np.random.Generator, characters: int, frames: int, width
     zoom0 = height * (u(0.55, 0.72) if characters == 1 else u(0.4, 0.5))
     ground0 = height * u(0.8, 0.93)
     progress = np.arange(frames) / max(frames - 1, 1)
-    zooms, follows, drifts = u() < 0.3, u() < 0.4, u() < 0.2
-    rate, follow, drift = u(-0.15, 0.15), u(0.3, 0.8), u(-0.005, 0.005)
+    zooms, follows, drifts = u() < 0.3, u() < 0.5, u() < 0.2
+    rate, follow, drift = u(-0.15, 0.15), u(0.5, 1.0), u(-0.005, 0.005)
     zoom = zoom0 * (1.0 + (rate if zooms else 0.0) * progress)
     if follows:
         centre = np.mean([m.root_x for m in motions], axis=0)

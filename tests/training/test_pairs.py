@@ -300,3 +300,49 @@ def test_roles_cover_both_body_plans():
             assert all(plan.present[ROLE_INDEX[role]] for role in legs)
             if kind == "quadruped":
                 assert all(plan.present[ROLE_INDEX[role.replace("back", "front")]] for role in legs)
+
+
+def test_gpu_path_draws_the_same_pixels_as_the_cpu_path(two_character_batch):
+    """GPUs draw whole frames in one go, CPUs part by part in bounding boxes: both give the same images."""
+    from training.render import render
+
+    scene = two_character_batch.scenes[0]
+    parts = torch.from_numpy(scene.driving.part_features(scene.light)).float()
+    background = torch.from_numpy(scene.driving.background_features()).float()
+    whole = render(parts, background, *SIZE, crop=False)
+    cropped = render(parts, background, *SIZE, crop=True)
+    for a, b in zip(whole, cropped, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(whole[0], two_character_batch.driving[0])
+
+
+def test_performance_plain_data_for_blender():
+    import json
+
+    from training.scene import sample_performance
+
+    data = sample_performance(4, frames=6, size=(96, 128), kind="quadruped")
+    assert json.loads(json.dumps(data)) == data  # plain JSON types only
+    (character,) = data["characters"]
+    plan = character["body_plan"]
+    assert plan["kind"] == "quadruped" and data["background"]["kind"] == "flat"
+    assert len(character["frames_px"]) == len(character["frames_world"]) == 6
+    present = {part["role"] for part in plan["parts"] if part["present"]}
+    assert set(character["frames_px"][0]) == present
+    camera = data["camera"]
+    for t in range(6):
+        for role in present:
+            world = character["frames_world"][t][role]
+            pixel = character["frames_px"][t][role]
+            zoom = camera["zoom_px_per_unit"][t]
+            expected_x = camera["width"] / 2 + (world["start"][0] - camera["pan_world_x"][t]) * zoom
+            expected_y = camera["ground_row_px"][t] - world["start"][1] * zoom
+            assert abs(pixel["start"][0] - expected_x) < 1e-9 and abs(pixel["start"][1] - expected_y) < 1e-9
+            part = next(p for p in plan["parts"] if p["role"] == role)
+            length = np.hypot(*(np.subtract(world["end"], world["start"])))
+            assert abs(length - part["length"]) < 1e-9
+    # The character stands on the ground (world y = 0) when it is not hopping.
+    lowest = min(min(p["start"][1] - p["radius_start"], p["end"][1] - p["radius_end"])
+                 for p in character["frames_world"][0].values())  # fmt: skip
+    assert -1e-9 <= lowest < 0.31 * plan["height"]
+    assert sample_performance(4, frames=6, size=(96, 128), kind="quadruped") == data
