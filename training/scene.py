@@ -1,7 +1,7 @@
 """One motion pair as plain numbers: backgrounds, characters, camera, motions, and what each image draws.
 
-:func:`sample_pair_scene` draws everything a pair needs from one ``numpy.random.Generator``; its ``draws``
-turn the scene into per-frame feature rows (:data:`PART_FEATURES`, :data:`BACKGROUND_FEATURES`) that
+:func:`sample_pair_scene` draws everything a pair needs from one ``numpy.random.Generator``; its three
+:class:`Draw` objects (reference, driving, target) turn the scene into per-frame feature rows (:data:`PART_FEATURES`, :data:`BACKGROUND_FEATURES`) that
 ``training.render`` rasterises. Nothing here touches pixels or torch.
 
 Colours are chosen so every character differs from every background colour it can stand on by at least
@@ -30,8 +30,9 @@ from .motion import (
     sample_motion,
 )
 
-# Stream numbers mixed into a seed so that plain-data performances never repeat a pair's random stream.
-PERFORMANCE_STREAM = 2**32 + 1
+# Plain-data performances seed numpy with [seed, 1, 1]: three words (the last non-zero: SeedSequence ignores
+# trailing zeros), where pair items use two ([seed, item]), so a performance is never some pair's stream.
+PERFORMANCE_STREAM = (1, 1)
 
 # Thinner parts (tail tips at small sizes) would cover no pixel centre and leave unmasked half-drawn pixels.
 MIN_RADIUS_PX = 1.0
@@ -351,7 +352,7 @@ def sample_performance(seed: int, *, frames: int = 33, size: tuple[int, int] = (
     the light), e.g. to build and animate the same character from primitives in Blender. ``kind``: "biped",
     "quadruped" or None (random); ``flat_background`` keeps the background one solid colour."""
     height, width = size
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), PERFORMANCE_STREAM]))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), *PERFORMANCE_STREAM]))
     plan = sample_body_plan(rng, kind)
     motion = sample_motion(rng, frames)
     camera = _sample_camera(rng, 1, frames, width, height, [motion])
