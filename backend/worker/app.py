@@ -10,9 +10,7 @@ import asyncio
 import hashlib
 import json
 import random
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Query, Request
@@ -25,8 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.scail2.performance_options import pinned_loras
 
-from . import API_VERSION
+from . import API_VERSION, jobs
 from .errors import ApiError, invalid
+from .jobs import find_job, finished_result, job_status_body, links, result_file
 from .logs import get_logger
 from .runner import JobRunner
 from .schemas import (
@@ -34,12 +33,9 @@ from .schemas import (
     Health,
     HealthPublic,
     JobCreated,
-    JobError,
     JobList,
-    JobProgress,
     JobSpec,
     JobStatus,
-    ResultInfo,
     ResultManifest,
 )
 from .security import TokenGuard, client_namespace, new_job_id
@@ -48,11 +44,8 @@ from .uploads import UploadLimits, build_request, canonical_field, discard, reso
 
 log = get_logger("scail.worker.api")
 
-JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 MAX_IDEMPOTENCY_KEY = 200
 MAX_SPEC_BYTES = 64 << 10
-SSE_POLL_S = 0.25
-SSE_KEEPALIVE_S = 15.0
 # Decoding and validating uploads holds whole clips in memory; two at a time bounds that.
 VALIDATION_SLOTS = 2
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -81,37 +74,6 @@ class WorkerInfo:
 
 def _error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
-
-
-def _links(job_id: str) -> dict[str, str]:
-    base = f"/{API_VERSION}/jobs/{job_id}"
-    return {"self": base, "cancel": f"{base}/cancel", "result": f"{base}/result"}
-
-
-def job_status_body(store: JobStore, job: JobRecord) -> JobStatus:
-    result = None
-    if job.result and job.status == "succeeded":
-        result = ResultInfo(**job.result, manifest_url=_links(job.id)["result"])
-    return JobStatus(
-        id=job.id,
-        status=job.status,  # type: ignore[arg-type]
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        queue_position=store.queue_position(job),
-        progress=job.progress,
-        detail=JobProgress(fraction=job.progress, phase=job.phase, window=job.window, num_windows=job.num_windows,
-                           step=job.step, num_steps=job.num_steps,
-                           eta_seconds=round(job.eta, 1) if job.eta is not None else None),
-        cancel_requested=job.cancel_requested,
-        attempts=job.attempts,
-        windows_done=job.windows_done,
-        error=JobError(**job.error) if job.error else None,
-        result=result,
-        timings=job.timings,
-        spec=JobSpec.model_validate(job.spec),
-        links=_links(job.id),
-    )
 
 
 def _validation_field(error: dict[str, Any], prefix: str) -> str:
@@ -160,13 +122,6 @@ def create_app(
 
     def authorize(authorization: str | None) -> None:
         guard.require(authorization)
-
-    def find_job(job_id: str) -> JobRecord:
-        job = store.get(job_id) if JOB_ID_PATTERN.match(job_id) else None
-        if job is None:
-            raise ApiError(404, "not_found", f"no job {job_id!r} on this worker (deleted, or never submitted here)",
-                           "id")
-        return job
 
     # -- health --
 
@@ -270,7 +225,7 @@ def create_app(
                         f"(job {existing.id}); use a new key for a new job", "Idempotency-Key")
 
     def _created(job: JobRecord, created: bool) -> JSONResponse:
-        body = JobCreated(id=job.id, status=job.status, created=created, links=_links(job.id))  # type: ignore[arg-type]
+        body = JobCreated(id=job.id, status=job.status, created=created, links=links(job.id))  # type: ignore[arg-type]
         return JSONResponse(body.model_dump(), status_code=201 if created else 200)
 
     # -- mask preview --
@@ -359,28 +314,19 @@ def create_app(
     def get_job(job_id: str, authorization: Authorization = None) -> JobStatus:
         """Status, progress (window i/k, step j/n, ETA), error and result metadata."""
         authorize(authorization)
-        return job_status_body(store, find_job(job_id))
+        return job_status_body(store, find_job(store, job_id))
 
     @app.post(f"/{API_VERSION}/jobs/{{job_id}}/cancel", response_model=JobStatus)
     def cancel_job(job_id: str, authorization: Authorization = None) -> JobStatus:
         """Queued jobs are canceled at once; a running job stops at the next denoising step."""
         authorize(authorization)
-        find_job(job_id)
-        job = store.request_cancel(job_id)
-        runner.cancel(job_id)
-        log.info("cancel requested", extra={"job": job_id})
-        return job_status_body(store, find_job(job_id) if job is None else job)
+        return job_status_body(store, jobs.cancel_job(store, runner, job_id))
 
     @app.delete(f"/{API_VERSION}/jobs/{{job_id}}", status_code=204)
     def delete_job(job_id: str, authorization: Authorization = None) -> None:
         """Remove a finished or queued job and its files; a running job must be canceled first."""
         authorize(authorization)
-        job = find_job(job_id)
-        if job.status == "running":
-            raise ApiError(409, "job_running", "the job is running: cancel it, wait until its status is "
-                           "'canceled', then delete it", "id")
-        store.delete(job_id)
-        log.info("job deleted", extra={"job": job_id})
+        jobs.delete_job(store, job_id)
 
     @app.get(f"/{API_VERSION}/jobs/{{job_id}}/events", response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {}}}})
@@ -388,49 +334,17 @@ def create_app(
         """Server-sent events: an ``event: status`` with the status body whenever it changes, until the job
         finishes (or is deleted: ``event: deleted``). An extra to polling, which stays the primary interface."""
         authorize(authorization)
-        await run_in_threadpool(find_job, job_id)
-
-        async def stream():
-            last, quiet_since = None, asyncio.get_running_loop().time()
-            while not await request.is_disconnected():
-                job = await run_in_threadpool(store.get, job_id)
-                if job is None:
-                    yield "event: deleted\ndata: {}\n\n"
-                    return
-                body = (await run_in_threadpool(job_status_body, store, job)).model_dump_json()
-                now = asyncio.get_running_loop().time()
-                if body != last:
-                    yield f"event: status\ndata: {body}\n\n"
-                    last, quiet_since = body, now
-                elif now - quiet_since > SSE_KEEPALIVE_S:
-                    yield ": keep-alive\n\n"  # a comment line keeps proxies from closing an idle stream
-                    quiet_since = now
-                if job.finished:
-                    return
-                await asyncio.sleep(SSE_POLL_S)
-
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        await run_in_threadpool(find_job, store, job_id)
+        return jobs.change_events(request, jobs.status_reader(store, job_id))
 
     # -- results --
-
-    def finished_result(job_id: str) -> tuple[JobRecord, Path, dict[str, Any]]:
-        job = find_job(job_id)
-        if job.status != "succeeded":
-            raise ApiError(409, "not_ready", f"the job is {job.status}; results exist only once it has succeeded",
-                           "id")
-        if job.files_removed:
-            raise ApiError(410, "expired", "the result files were removed by the worker's retention policy", "id")
-        folder = store.job_dir(job.id) / "result"
-        manifest = json.loads((folder / "manifest.json").read_text())
-        return job, folder, manifest
 
     @app.get(f"/{API_VERSION}/jobs/{{job_id}}/result", response_model=ResultManifest)
     def result_manifest(job_id: str, authorization: Authorization = None) -> ResultManifest:
         """Every result file with its size, SHA-256 and download URL."""
         authorize(authorization)
-        job, _, manifest = finished_result(job_id)
-        base = _links(job.id)["result"]
+        job, _, manifest = finished_result(store, job_id)
+        base = links(job.id)["result"]
         files = []
         for entry in manifest["files"]:
             url = {"frame": f"{base}/frames/{entry.get('index')}", "zip": f"{base}/zip", "mp4": f"{base}/mp4"}
@@ -438,38 +352,23 @@ def create_app(
         return ResultManifest(job_id=job.id, frames=manifest["frames"], fps=manifest["fps"], width=manifest["width"],
                               height=manifest["height"], files=files)
 
-    def file_response(folder: Path, manifest: dict[str, Any], kind: str, index: int | None = None) -> FileResponse:
-        for entry in manifest["files"]:
-            if entry["kind"] == kind and (index is None or entry.get("index") == index):
-                media_type = {"frame": "image/png", "zip": "application/zip", "mp4": "video/mp4"}[kind]
-                # entry["name"] was written by the runner, never taken from the request.
-                return FileResponse(folder / entry["name"], media_type=media_type,
-                                    headers={"ETag": f'"{entry["sha256"]}"', "X-Content-SHA256": entry["sha256"],
-                                             "Cache-Control": "private, max-age=0"},
-                                    filename=Path(entry["name"]).name, content_disposition_type="attachment")
-        raise ApiError(404, "not_found", f"the result has no frame {index}" if index is not None else
-                       f"the result has no {kind}", "index" if index is not None else None)
-
     @app.get(f"/{API_VERSION}/jobs/{{job_id}}/result/frames/{{index}}", response_class=FileResponse)
     def result_frame(job_id: str, index: int, authorization: Authorization = None) -> FileResponse:
         """One output frame as PNG (0-based). Supports HTTP Range and If-Range with the ETag (its SHA-256)."""
         authorize(authorization)
-        _, folder, manifest = finished_result(job_id)
-        return file_response(folder, manifest, "frame", index)
+        return result_file(store, job_id, "frame", index)
 
     @app.get(f"/{API_VERSION}/jobs/{{job_id}}/result/zip", response_class=FileResponse)
     def result_zip(job_id: str, authorization: Authorization = None) -> FileResponse:
         """All output frames as a zip of PNGs (frames/000000.png ...). Supports HTTP Range."""
         authorize(authorization)
-        _, folder, manifest = finished_result(job_id)
-        return file_response(folder, manifest, "zip")
+        return result_file(store, job_id, "zip")
 
     @app.get(f"/{API_VERSION}/jobs/{{job_id}}/result/mp4", response_class=FileResponse)
     def result_mp4(job_id: str, authorization: Authorization = None) -> FileResponse:
         """The output as H.264 mp4 at the driving clip's fps. Supports HTTP Range."""
         authorize(authorization)
-        _, folder, manifest = finished_result(job_id)
-        return file_response(folder, manifest, "mp4")
+        return result_file(store, job_id, "mp4")
 
     return app
 
