@@ -40,6 +40,7 @@ from .schemas import (
 )
 from .security import TokenGuard, client_namespace, new_job_id
 from .store import IdempotencyConflict, JobRecord, JobStore
+from .thumbnails import input_preview, write_input_thumbnails, write_quietly
 from .uploads import UploadLimits, build_request, canonical_field, discard, resolve_mask_sources, store_upload
 
 log = get_logger("scail.worker.api")
@@ -195,9 +196,11 @@ def create_app(
                     discard(staging)
                     return _created(_check_same(existing, request_hash), created=False)
             async with validation_slots:
-                await run_in_threadpool(build_request, spec, files, staging, limits,
-                                        runner.pipeline.available_loras(), fill_masks,
-                                        pinned_loras(runner.pipeline))
+                # Only the few frames the page's previews need outlive the validation (thumbnails.py).
+                preview = await run_in_threadpool(lambda: input_preview(
+                    build_request(spec, files, staging, limits, runner.pipeline.available_loras(), fill_masks,
+                                  pinned_loras(runner.pipeline))[0],
+                    spec.frame_range[0] if spec.frame_range else 0))
             stored_spec = spec.model_dump(mode="json")
             if stored_spec["seed"] is None:
                 # Fixed now, so a restarted job continues with the noise it started with.
@@ -211,6 +214,8 @@ def create_app(
         finally:
             await form.close()
             discard(staging)
+        if created:
+            await run_in_threadpool(write_quietly, write_input_thumbnails, store.job_dir(job.id), preview)
         runner.notify()
         log.info("job queued", extra={"job": job.id, "created": created, "files": sorted(files)})
         return _created(job, created)

@@ -29,6 +29,7 @@ from backend.scail2.performance_options import pinned_loras
 from .logs import get_logger
 from .schemas import JobSpec
 from .store import JobRecord, JobStore, write_json_atomic
+from .thumbnails import input_preview, write_input_thumbnails, write_quietly, write_window_thumbnails
 from .uploads import UploadLimits, build_request, resolve_mask_sources
 from .warmup import compiled_graph_count
 
@@ -296,14 +297,24 @@ class JobRunner:
                                               fill_masks=self._auto_masks(job, spec, tracker),
                                               pinned_loras=pinned_loras(self.pipeline))
             summary = _settings_summary(spec, request, prepared)
+            # Made at submission; written here only when a crash came between the commit and the previews.
+            write_quietly(write_input_thumbnails, job_dir,
+                          input_preview(request, spec.frame_range[0] if spec.frame_range else 0))
             window_type = _window_type()
             resume = [window_type.load(path) for _, path in self.store.finished_windows(job.id)]
             resumed = len(resume)
+            next_frame = 0  # the next window's first frame in the result
+            for window in resume:
+                write_quietly(write_window_thumbnails, job_dir, int(window.index), next_frame, window.frames)
+                next_frame += int(window.frames.shape[0])
 
             def on_window(window: Any) -> None:
+                nonlocal next_frame
                 index = int(window.index)
                 frames = save_window(window, self.store.window_path(job.id, index))
                 self.store.record_window(job.id, index, frames)
+                write_quietly(write_window_thumbnails, job_dir, index, next_frame, window.frames)
+                next_frame += frames
 
             result = self.pipeline.generate(request, progress=tracker, should_cancel=self._should_cancel,
                                             on_window=on_window, resume=resume)
