@@ -4,9 +4,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint demo clean
+# The web page's tests drive Debian's Chromium through Playwright, which never downloads a browser of its own.
+CHROMIUM ?= /usr/bin/chromium
 
-setup: $(STAMP)
+.PHONY: setup browser test lint demo clean
+
+setup: $(STAMP) browser
+
+browser:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else \
+	    echo "make: $(CHROMIUM) is missing; install it (sudo apt-get install chromium): the web page tests fail without it" >&2; \
+	  fi; \
+	fi
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +31,7 @@ $(STAMP): pyproject.toml Makefile
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 

@@ -1,7 +1,8 @@
 """The FastAPI application of HTTP API v1 (see docs/API.md): routes, auth, error format.
 
 ``create_app`` takes the already-built store, runner and settings; it never loads the model itself, so the CLI
-decides when the worker is ready. Every route except ``GET /v1/health`` needs the bearer token.
+decides when the worker is ready. Every route except ``GET /v1/health`` needs the bearer token; the web page
+(``web``, under ``/ui``) takes the same token through its login form.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from .security import TokenGuard, client_namespace, new_job_id
 from .store import IdempotencyConflict, JobRecord, JobStore
 from .thumbnails import input_preview, write_input_thumbnails, write_quietly
 from .uploads import UploadLimits, build_request, canonical_field, discard, resolve_mask_sources, store_upload
+from .web import mount_web
 
 log = get_logger("scail.worker.api")
 
@@ -131,6 +133,9 @@ def create_app(
         """Liveness and, with the token, the device, GPU memory, model and queue."""
         if not guard.is_valid(authorization):
             return HealthPublic(status="ok", version=info.version, api=API_VERSION, authenticated=False)
+        return full_health()
+
+    def full_health() -> Health:
         return Health(
             status="ok",
             version=info.version,
@@ -375,6 +380,7 @@ def create_app(
         authorize(authorization)
         return result_file(store, job_id, "mp4")
 
+    mount_web(app, store=store, runner=runner, guard=guard, health=full_health)
     return app
 
 

@@ -58,8 +58,17 @@ class TokenGuard:
         scheme, _, presented = authorization.partition(" ")
         if scheme.lower() != "bearer":
             return False
+        return self.matches(presented.strip())
+
+    def matches(self, token: str) -> bool:
+        """Whether ``token`` (e.g. typed into the web page's login form) is the worker's token."""
         # compare_digest takes the same time whatever the first differing byte is.
-        return hmac.compare_digest(presented.strip().encode(), self._expected)
+        return hmac.compare_digest(token.encode(), self._expected)
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A secret key for ``purpose`` (e.g. signing web sessions), derived from the token: it changes when the
+        token does, so a new token also ends everything signed with the old one."""
+        return hmac.new(self._expected, f"scail-worker:{purpose}".encode(), hashlib.sha256).digest()
 
     def require(self, authorization: str | None) -> None:
         """Raise a 401 ``ApiError`` unless the header carries the right token."""

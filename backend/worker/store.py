@@ -6,6 +6,7 @@ Layout::
     DATA/jobs/<id>/inputs/<field>   uploads, under fixed names taken from an allow-list (never from the client)
     DATA/jobs/<id>/windows/NNNN.safetensors   each finished window's frames, written before it is recorded
     DATA/jobs/<id>/result/          frames/NNNNNN.png, result.mp4, result.zip, manifest.json
+    DATA/jobs/<id>/thumbs/          the web page's previews of the inputs and each window (thumbnails.py)
     DATA/staging/                   half-received submissions and half-written results (wiped at start-up)
 
 Rules that make crashes harmless: files are written under ``staging`` or with a temporary name and renamed into
@@ -265,6 +266,22 @@ class JobStore:
         rows = self._connection().execute(
             "SELECT * FROM jobs WHERE namespace = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
             (namespace, before_seq if before_seq is not None else 2**62, limit + 1),
+        ).fetchall()
+        records = [JobRecord.from_row(row) for row in rows[:limit]]
+        return records, (records[-1].seq if len(rows) > limit else None)
+
+    def list_by_status(self, statuses: tuple[str, ...], limit: int, cursor: int | None = None,
+                       oldest_first: bool = False) -> tuple[list[JobRecord], int | None]:
+        """Every client's jobs in ``statuses`` (the web page's operator view), newest first, or oldest first (the
+        order the runner takes them); returns the page and the cursor of the next one (None on the last page)."""
+        marks = ", ".join("?" for _ in statuses)
+        if oldest_first:
+            where, order, start = "seq > ?", "ASC", -1
+        else:
+            where, order, start = "seq < ?", "DESC", 2**62
+        rows = self._connection().execute(
+            f"SELECT * FROM jobs WHERE status IN ({marks}) AND {where} ORDER BY seq {order} LIMIT ?",
+            (*statuses, start if cursor is None else cursor, limit + 1),
         ).fetchall()
         records = [JobRecord.from_row(row) for row in rows[:limit]]
         return records, (records[-1].seq if len(rows) > limit else None)

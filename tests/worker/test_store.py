@@ -105,3 +105,24 @@ def test_database_is_wal_and_fully_synchronous(tmp_path):
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert os.path.exists(tmp_path / "worker.sqlite3")
+
+
+def test_list_by_status_pages_every_clients_jobs(tmp_path):
+    store = JobStore(tmp_path)
+    ids = [f"job-{index:02d}-aaaaaaaaaaaa" for index in range(7)]
+    for index, job_id in enumerate(ids):
+        store.create_job(job_id=job_id, namespace=f"client-{index % 2}", idempotency_key=None, request_hash="h",
+                         spec={"seed": 1}, inputs={"reference": "reference.png"}, staged_inputs=stage(store))
+    for job_id in ids[:4]:
+        store.request_cancel(job_id)  # queued jobs are canceled at once
+    running = store.claim_next()
+    assert running.id == ids[4]
+
+    finished, cursor = store.list_by_status(("succeeded", "failed", "canceled"), 3)
+    assert [job.id for job in finished] == [ids[3], ids[2], ids[1]]  # newest first, both clients
+    rest, last = store.list_by_status(("succeeded", "failed", "canceled"), 3, cursor=cursor)
+    assert [job.id for job in rest] == [ids[0]] and last is None
+    active, cursor = store.list_by_status(("running", "queued"), 2, oldest_first=True)
+    assert [job.id for job in active] == ids[4:6]  # the order the runner takes them
+    rest, last = store.list_by_status(("running", "queued"), 2, cursor=cursor, oldest_first=True)
+    assert [job.id for job in rest] == [ids[6]] and last is None
