@@ -1,6 +1,6 @@
 """The motion-transfer score: does a generated clip show the reference character moving like the driving one?
 
-Per pair (``score_clip``):
+Per pair (``score_clip``; ``score_frames`` takes the ground truth as plain tensors or arrays instead):
 
 * **silhouette IoU**, per frame: the generated character is every pixel that differs from the target's own
   background (``MotionPairBatch.target_background``) by more than ``threshold`` in some RGB channel; it is
@@ -108,20 +108,47 @@ def score_clip(generated: Tensor | np.ndarray, batch: MotionPairBatch, index: in
                threshold: float = DEFAULT_THRESHOLD) -> dict:  # fmt: skip
     """Score one generated clip against pair ``index`` of ``batch``. ``generated`` [T, 3, H, W] float in
     [0, 1] or [T, H, W, 3] uint8, with the pair's frame count and size."""
+    if not 0 <= index < len(batch):
+        raise IndexError(f"pair index {index} is outside the batch of {len(batch)}")
+    return score_frames(
+        generated,
+        target_background=batch.target_background[index],
+        target_ids=batch.target_ids[index],
+        reference=batch.reference[index],
+        reference_ids=batch.reference_ids[index],
+        threshold=threshold,
+    )
+
+
+def score_frames(generated: Tensor | np.ndarray, *, target_background: Tensor | np.ndarray,
+                 target_ids: Tensor | np.ndarray, reference: Tensor | np.ndarray,
+                 reference_ids: Tensor | np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict:  # fmt: skip
+    """The score from explicit ground truth, for targets made elsewhere (e.g. rendered in Blender).
+
+    ``target_background`` like ``generated`` ([T, 3, H, W] float or [T, H, W, 3] uint8); ``target_ids``
+    [T, H, W] and ``reference_ids`` [H, W] integers (0 background, k identity k); ``reference`` [3, H, W]
+    float or [H, W, 3] uint8.
+    """
     frames = as_frames(generated)
-    expected = (batch.frames, 3, *batch.size)
+    background = as_frames(target_background)
+    reference = as_frames(torch.as_tensor(reference)[None])[0]
+    ids = torch.as_tensor(target_ids).detach().cpu().long()
+    reference_ids = torch.as_tensor(reference_ids).detach().cpu().long()
+    height, width = reference.shape[-2:]
+    expected = (ids.shape[0], 3, height, width)
     if tuple(frames.shape) != expected:
-        raise ValueError(f"generated clip is {tuple(frames.shape)} but pair {index} needs {expected} ([T, 3, H, W])")
-    background = batch.target_background[index].detach().cpu().float()
-    ids = batch.target_ids[index].detach().cpu()
-    reference = batch.reference[index].detach().cpu().float()
-    reference_ids = batch.reference_ids[index].detach().cpu()
+        raise ValueError(f"generated clip is {tuple(frames.shape)} but the target needs {expected} ([T, 3, H, W])")
+    if tuple(background.shape) != expected or tuple(reference_ids.shape) != (height, width):
+        raise ValueError(
+            f"ground truth shapes disagree: target_background {tuple(background.shape)}, target_ids "
+            f"{tuple(ids.shape)}, reference {tuple(reference.shape)}, reference_ids {tuple(reference_ids.shape)}"
+        )
 
     foreground = (frames - background).abs().amax(dim=1) > threshold  # [T, H, W]
     mask = ids > 0
     iou_frames = _iou(foreground, mask, ~boundary_band(mask))
 
-    identities = [k for k in range(1, batch.characters + 1) if bool((reference_ids == k).any())]
+    identities = [k for k in reference_ids.unique().tolist() if k > 0]
     reference_interior = ~boundary_band(reference_ids > 0)
     target_interior = ~boundary_band(mask)
     pixels = frames.permute(0, 2, 3, 1)  # [T, H, W, 3]

@@ -16,7 +16,8 @@ from torch import Tensor
 
 from .scene import BACKGROUND, BLOBS, PART, WAVES
 
-# Elements per temporary tensor ([frames, H, W]) before frames are split into chunks: bounds memory on CPU.
+# Elements per temporary tensor ([frames, H, W]) before frames are split into chunks: bounds the memory
+# the temporaries take (about 20 of them live at once, 4 bytes per element).
 CHUNK_ELEMENTS = 1 << 24
 CROP_CHUNK_FRAMES = 4
 

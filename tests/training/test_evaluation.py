@@ -103,3 +103,27 @@ def test_lab_conversion_known_values():
     np.testing.assert_allclose(lab[0].numpy(), [100.0, 0.0, 0.0], atol=0.01)
     np.testing.assert_allclose(lab[1].numpy(), [0.0, 0.0, 0.0], atol=0.01)
     np.testing.assert_allclose(lab[2].numpy(), [53.24, 80.09, 67.20], atol=0.05)
+
+
+def test_score_frames_takes_ground_truth_made_elsewhere(two_character_batch):
+    """The demo's path: a target rendered elsewhere, everything as uint8/int numpy arrays."""
+    from training.evaluation import score_frames
+
+    batch = two_character_batch
+    score = score_frames(
+        to_uint8(batch.target[1]),
+        target_background=to_uint8(batch.target_background[1]),
+        target_ids=batch.target_ids[1].numpy().astype(np.uint8),
+        reference=to_uint8(batch.reference[1]),
+        reference_ids=batch.reference_ids[1].numpy(),
+    )
+    assert score["iou"] == 1.0 and score["colour_delta_e"] < 4.0
+    from_batch = score_clip(batch.target[1], batch, 1)
+    assert score["iou_identity"] == from_batch["iou_identity"]
+    assert score["colour_delta_e"] == pytest.approx(from_batch["colour_delta_e"], abs=0.5)
+    with pytest.raises(ValueError, match="disagree"):
+        score_frames(batch.target[1], target_background=batch.target_background[1, :-1],
+                     target_ids=batch.target_ids[1], reference=batch.reference[1],
+                     reference_ids=batch.reference_ids[1])  # fmt: skip
+    with pytest.raises(IndexError):
+        score_clip(batch.target[0], batch, 5)
