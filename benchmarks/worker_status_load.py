@@ -4,7 +4,7 @@ Measures the latency of the polling workhorse (what every add-on instance calls 
 thread is busy, and checks that every answer is a well-formed status of the right job. Prints a table and writes
 the numbers as JSON.
 
-    # self-contained: a local worker on the tiny CPU checkpoint, the real carphone clip from ../shared/media
+    # self-contained: a local worker on the tiny CPU checkpoint, the real carphone clip from tests/data/media
     python benchmarks/worker_status_load.py --clients 50 --seconds 20 --out benchmarks/results/worker_status_load.json
     # against a running worker (loopback only: this is a load generator)
     python benchmarks/worker_status_load.py --url http://127.0.0.1:8765 --token T --job JOB_ID
@@ -39,7 +39,7 @@ from urllib.parse import urlparse
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
-MEDIA = REPO.parent / "shared" / "media"
+MEDIA = REPO / "tests" / "data" / "media"
 KEEPALIVE_P50_LIMIT_MS = 5.0
 
 

@@ -4,7 +4,7 @@
    Blender user folder;
 2. builds a demo scene: a simple character, a camera and a light;
 3. renders the reference (transparent film, mask from alpha) with ``scail.render_reference``;
-4. picks a real driving clip from ``../shared/media`` (a few frames of it, so it runs in minutes on CPU);
+4. picks a real driving clip from the repository's ``tests/data/media`` (a few frames of it, so it runs in minutes on CPU);
 5. starts a local worker (``scail-worker serve``) on a checkpoint: a tiny untrained one made on the fly, or
    the real weights named by ``SCAIL_CHECKPOINT``;
 6. runs ``scail.generate``, which imports the result as a Sequencer strip and a camera background;
@@ -30,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "demo_out"
-MEDIA = REPO.parent / "shared" / "media"
+MEDIA = REPO / "tests" / "data" / "media"
 DEFAULT_CLIP = "carphone_pristine.mp4"
 
 
@@ -171,7 +171,7 @@ def main() -> int:
     started = time.monotonic()
     clip = MEDIA / os.environ.get("SCAIL_DEMO_CLIP", DEFAULT_CLIP)
     if not clip.is_file():
-        raise SystemExit(f"driving clip not found: {clip} (the demo reads ../shared/media next to the repository)")
+        raise SystemExit(f"driving clip not found: {clip} (SCAIL_DEMO_CLIP names a clip in tests/data/media or a path)")
     frames_wanted = int(os.environ.get("SCAIL_DEMO_FRAMES", "9"))
     work = Path(tempfile.mkdtemp(prefix="scail_demo_"))
     ckpt, real = checkpoint(work)

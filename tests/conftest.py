@@ -1,7 +1,7 @@
 """Fixtures shared by the whole suite: the golden parity fixtures, the test media and a tiny checkpoint.
 
-``parity_root`` and ``media_root`` are the team's shared folders next to the repository (``../shared``); they are
-part of the test contract, so a missing folder fails loudly instead of skipping tests.
+``parity_root`` and ``media_root`` are the repository's own test data (``tests/data``, origins and licences in its
+README); they are part of the test contract, so a missing folder fails loudly instead of skipping tests.
 """
 
 from __future__ import annotations
@@ -15,28 +15,26 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_ROOT = REPO_ROOT.parent / "shared"
+DATA_ROOT = REPO_ROOT / "tests" / "data"
 
 
-def _shared_folder(name: str) -> Path:
-    folder = (SHARED_ROOT / name).resolve()
+def _data_folder(name: str) -> Path:
+    folder = DATA_ROOT / name
     if not folder.is_dir():
-        raise FileNotFoundError(
-            f"{folder} is missing: the tests need the shared {name} folder next to the repository (../shared/{name})"
-        )
+        raise FileNotFoundError(f"{folder} is missing: the tests need the repository's tests/data/{name} folder")
     return folder
 
 
 @pytest.fixture(scope="session")
 def parity_root() -> Path:
-    """``../shared/parity``: one sub-folder per golden fixture set (dit, t5, clip, vae, masks, ...)."""
-    return _shared_folder("parity")
+    """``tests/data/parity``: one sub-folder per golden fixture set (dit, t5, clip, vae, masks, ...)."""
+    return _data_folder("parity")
 
 
 @pytest.fixture(scope="session")
 def media_root() -> Path:
-    """``../shared/media``: real images and videos for end-to-end tests."""
-    return _shared_folder("media")
+    """``tests/data/media``: real images and videos for end-to-end tests."""
+    return _data_folder("media")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Parity of this implementation against one golden fixture set: ``python -m backend.scail2.parity DIR``.
 
-``DIR`` is laid out like ``shared/parity/<set>``. The set is recognised from its files (``dit``, ``t5``,
+``DIR`` is laid out like ``tests/data/parity/<set>``. The set is recognised from its files (``dit``, ``t5``,
 ``clip``, ``vae``, ``masks``, ``segments``, ``scheduler``, ``pipeline``); everything else (shapes, seeds,
 settings, tolerances of the fixture README) is derived from the files. One JSON line per case is printed:
 ``{"set", "case", "max_rel_err", "tol", "ok"}``; the exit status is 0 only if every case is ok.
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m backend.scail2.parity",
         description="Compare this SCAIL-2 implementation with one golden fixture set; one JSON line per case.",
     )
-    parser.add_argument("set_dir", type=Path, help="a fixture set folder laid out like shared/parity/<set>")
+    parser.add_argument("set_dir", type=Path, help="a fixture set folder laid out like tests/data/parity/<set>")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     try:

@@ -1,4 +1,4 @@
-"""Parity of :class:`SCAIL2Transformer` against a ``dit`` golden fixture set (layout of ``shared/parity/dit``).
+"""Parity of :class:`SCAIL2Transformer` against a ``dit`` golden fixture set (layout of ``tests/data/parity/dit``).
 
 Everything is derived from the set's files: ``config.json`` (official constructor arguments, ``clip_dim`` and
 the case list), ``state_dict.safetensors`` (loaded through the real checkpoint loader) and one

@@ -1,4 +1,4 @@
-"""Parity of the encoders against golden fixture sets laid out like ``shared/parity/{t5,clip,vae}``.
+"""Parity of the encoders against golden fixture sets laid out like ``tests/data/parity/{t5,clip,vae}``.
 
 Each check reads the set's ``config.json`` (official constructor arguments), loads ``state_dict.safetensors`` (official
 keys) through the real loaders and key conversions, runs the encoder on the inputs in ``io.safetensors`` and

@@ -47,7 +47,7 @@ __all__ = ["LAYOUTS", "TINY_CONFIGS", "main", "tiny_official_state_dicts", "writ
 
 LAYOUTS = ("official", "converted", "comfy", "diffusers-encoders")
 
-# Official constructor argument names, as in ../shared/parity/pipeline/config.json.
+# Official constructor argument names, as in tests/data/parity/pipeline/config.json.
 TINY_CONFIGS: dict[str, dict] = {
     "dit": {
         "model_type": "i2v",

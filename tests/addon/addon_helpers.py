@@ -10,7 +10,7 @@ from pathlib import Path
 import bpy
 
 REPO = Path(__file__).resolve().parents[2]
-MEDIA = REPO.parent / "shared" / "media"
+MEDIA = REPO / "tests" / "data" / "media"
 sys.path.insert(0, str(REPO))
 
 from demo.extension import build_extension, install_extension, run_extension_cli  # noqa: E402

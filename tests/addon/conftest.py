@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-MEDIA = REPO.parent / "shared" / "media"
 INNER = os.environ.get("SCAIL_BPY_SUITE") == "1"
 
 if INNER:

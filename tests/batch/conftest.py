@@ -18,7 +18,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-MEDIA = REPO.parent / "shared" / "media"
+MEDIA = REPO / "tests" / "data" / "media"
 CLIP = MEDIA / "carphone_pristine.mp4"
 INNER = os.environ.get("SCAIL_BATCH_SUITE") == "1"
 

@@ -1,4 +1,4 @@
-"""Fixtures of the pipeline tests: the tiny pipeline (loaded once) and small real inputs from ../shared/media."""
+"""Fixtures of the pipeline tests: the tiny pipeline (loaded once) and small real inputs from tests/data/media."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Fixtures for the mask tests: a tiny random SAM3 folder in the facebook/sam3 layout, loaded through the real
-loader, and short, reduced copies of the real clips in ../shared/media."""
+loader, and short, reduced copies of the real clips in tests/data/media."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ The multi-process parts run real process groups under torchrun (``.venv/bin/torc
 - `distributed_checks.py`: collectives, the tiny DiT split over 2 processes (Ulysses, padding, the all-gather
   fallback when heads do not divide), CFG halves on different processes;
 - the parity command ``python -m backend.scail2.parity DIR`` under ``torchrun --nproc-per-node N`` on every fixture
-  set of ``../shared/parity`` (N=2; N=4 on the dit set), with a per-rank report proving the DiT was really split.
+  set of ``tests/data/parity`` (N=2; N=4 on the dit set), with a per-rank report proving the DiT was really split.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from backend.scail2.parallel import (
 from backend.scail2.parallel.apply import CFG_PARALLEL_ENV, REPORT_DIR_ENV
 
 REPO = Path(__file__).resolve().parents[2]
-PARITY_ROOT = Path(os.environ.get("SCAIL_PARITY_DIR", REPO.parent / "shared" / "parity"))
+PARITY_ROOT = Path(os.environ.get("SCAIL_PARITY_DIR", REPO / "tests" / "data" / "parity"))
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 FIXTURE_SETS = ("dit", "pipeline", "t5", "clip", "vae", "masks", "segments", "scheduler")
 SPLIT_SETS = {"dit", "pipeline"}

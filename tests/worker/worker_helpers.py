@@ -14,7 +14,7 @@ from PIL import Image
 
 from backend.launcher import LocalWorker
 
-MEDIA = Path(__file__).resolve().parents[2].parent / "shared" / "media"  # ../shared/media
+MEDIA = Path(__file__).resolve().parents[2] / "tests" / "data" / "media"
 DRIVING_VIDEO = MEDIA / "carphone_pristine.mp4"  # 176x144, 120 frames at 29.97 fps: a real person talking
 REFERENCE_PHOTO = MEDIA / "astronaut.png"
 OTHER_PHOTO = MEDIA / "chelsea.png"
