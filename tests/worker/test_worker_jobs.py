@@ -163,6 +163,10 @@ def test_list_shows_only_the_callers_jobs(worker, inputs):
 
 def test_server_sent_events_follow_a_job_to_the_end(worker, inputs):
     client = worker.client()
+    # The worker runs one job at a time: a job ahead that would run for minutes (400 CFG steps at 192x128) keeps
+    # the watched one queued until the stream has reported it, and is canceled only then, so the stream cannot
+    # connect after the watched job has started, however slowly this machine runs.
+    blocker = client.submit({**LONG_SPEC, "steps": 200, "guidance": 5.0, "size": "192x128"}, inputs.files())
     job_id = client.submit({**SHORT_SPEC, "seed": 31}, inputs.files())
     headers = {"Authorization": f"Bearer {worker.token}"}
     events = []
@@ -174,7 +178,14 @@ def test_server_sent_events_follow_a_job_to_the_end(worker, inputs):
                 kind = line.removeprefix("event: ")
             elif line.startswith("data: "):
                 events.append((kind, json.loads(line.removeprefix("data: "))))
+                if len(events) == 1:
+                    assert events[0][1]["status"] == "queued", "the stream starts with the current status"
+                    assert client.cancel(blocker)["id"] == blocker
     assert all(kind == "status" and body["id"] == job_id for kind, body in events)
     assert events[-1][1]["status"] == "succeeded", "the stream ends with the final status"
     assert len({json.dumps(body, sort_keys=True) for _, body in events}) == len(events), "only changes are sent"
-    assert "running" in {body["status"] for _, body in events}
+    statuses = [body["status"] for _, body in events]
+    order = ["queued", "running", "succeeded"]
+    assert statuses == sorted(statuses, key=order.index) and set(statuses) == set(order), statuses
+    assert client.status(blocker)["status"] == "canceled"
+    client.delete(blocker)
