@@ -6,7 +6,7 @@ import os
 
 import bpy
 
-from . import compat
+from . import compat, paths
 
 
 class ImportError_(Exception):
@@ -66,6 +66,8 @@ def add_strip(scene, frames: list[str], name: str, channel: int, frame_start: in
     strip = strips.new_image(name=name, filepath=frames[0], channel=channel, frame_start=frame_start)
     for frame in frames[1:]:
         strip.elements.append(os.path.basename(frame))
+    # Relative to a saved .blend (like the job folders), so the project folder can move with its results.
+    strip.directory = os.path.join(paths.to_blend_path(os.path.dirname(frames[0])), "")
     return strip
 
 
@@ -79,6 +81,7 @@ def set_camera_background(camera_obj, frames: list[str], image_name: str, frame_
     if old_image is not None:
         bpy.data.images.remove(old_image)
     image = bpy.data.images.load(frames[0], check_existing=False)
+    image.filepath = paths.to_blend_path(frames[0])
     image.name = image_name
     image.source = "SEQUENCE"
     background = camera.background_images.new()

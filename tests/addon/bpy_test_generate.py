@@ -65,6 +65,32 @@ def test_generate_imports_exactly_the_returned_frames(scene, local_worker, pkg, 
     assert scene.camera.data.show_background_images
 
 
+def test_results_stay_linked_when_the_project_folder_moves(scene, local_worker, pkg, tmp_path):
+    setup_generation(scene, frames=3)
+    assert bpy.ops.scail.generate() == {"FINISHED"}
+    job = scene.scail.jobs[-1]
+    name, folder = f"SCAIL {job.key}", job.output_dir.removeprefix("//")
+    strip = pkg.addon.compat.vse_strips(scene, all_levels=True)[name]
+    assert strip.directory.startswith("//scail/"), strip.directory
+    assert bpy.data.images[name].filepath.startswith("//scail/"), bpy.data.images[name].filepath
+    bpy.ops.wm.save_mainfile()
+    bpy.ops.wm.read_homefile(use_empty=True)
+    moved = tmp_path.with_name(tmp_path.name + "_moved")
+    shutil.move(tmp_path, moved)
+    try:
+        bpy.ops.wm.open_mainfile(filepath=str(moved / "scene.blend"))
+        scene = bpy.context.scene
+        strip = pkg.addon.compat.vse_strips(scene, all_levels=True)[name]
+        frames = moved / folder / "frames"
+        assert os.path.samefile(bpy.path.abspath(strip.directory), frames)
+        assert all((frames / element.filename).is_file() for element in strip.elements)
+        background = next(b for b in scene.camera.data.background_images if b.image is not None)
+        assert os.path.samefile(os.path.dirname(bpy.path.abspath(background.image.filepath)), frames)
+    finally:
+        bpy.ops.wm.read_homefile(use_empty=True)
+        shutil.move(moved, tmp_path)
+
+
 def test_reopening_restores_the_job_list(scene, local_worker, pkg):
     setup_generation(scene, frames=3)
     assert bpy.ops.scail.generate() == {"FINISHED"}
