@@ -380,6 +380,7 @@ def _settings_summary(spec: JobSpec, request: Any, prepared: Any) -> dict[str, A
         "frames": prepared.num_frames,
         "fps": prepared.fps,
         "extra_references": len(prepared.extra_images),
+        "color_anchor": request.color_anchor,
     }
 
 

@@ -53,6 +53,10 @@ class JobSpec(MaskOptions):
         description="advanced: frames per denoising window (4k+1; default 81, what the model was trained on). "
         "Shorter windows need less GPU memory but give the model less temporal context",
     )
+    color_anchor: bool | None = Field(
+        None, description="match each later window's colour statistics to the first window's, against the colour "
+        "drift of long clips; default: on when the clip needs more than one window",
+    )
     reference_mask: MaskSource | None = Field(
         None, description="'alpha', 'file' or 'auto' (SAM3, on --sam3 workers); default: 'file' when a "
         "reference_mask file is sent, else 'alpha'"

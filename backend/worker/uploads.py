@@ -328,7 +328,8 @@ def build_request(spec: JobSpec, inputs: Mapping[str, str], folder: Path, limits
         check_loras_available(request.effective_loras, available_loras, spec.preset if spec.loras is None else None)
         check_job_loras(spec, request.effective_loras, pinned_loras)
         prepared = prepare_inputs(request)
-        Scail2Pipeline.plan_windows(prepared.num_frames, request)  # window lengths are checked here
+        windows = Scail2Pipeline.plan_windows(prepared.num_frames, request)  # window lengths are checked here
+        request.color_anchor = len(windows) > 1 if spec.color_anchor is None else spec.color_anchor
     except Scail2InputError as exc:
         raise engine_error(exc, folder, inputs) from exc
     if max(prepared.height, prepared.width) > limits.max_side:

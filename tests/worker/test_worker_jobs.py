@@ -74,6 +74,27 @@ def test_submit_progress_and_verified_download(worker, inputs, tmp_path):
     assert "peak_gpu_mb" in summary["timings"] and summary["timings"]["run_s"] > 0
 
 
+def test_colour_anchoring_is_on_for_clips_longer_than_one_window(worker, inputs, tmp_path):
+    client = worker.client()
+    long_spec = {**LONG_SPEC, "steps": 2}  # 120 frames: two windows
+    jobs = {"default": client.submit(long_spec, inputs.files()),
+            "off": client.submit({**long_spec, "color_anchor": False}, inputs.files()),
+            "one_window": client.submit(SHORT_SPEC, inputs.files())}
+    frames = {}
+    for name, job_id in jobs.items():
+        client.wait(job_id, poll_interval=0.1, timeout=300)
+        frames[name] = client.download(job_id, tmp_path / name, what=("frames",))["frames"]
+    records = [json.loads(line) for line in worker.log_path.read_text().splitlines() if line.startswith("{")]
+    anchored = {name: next(r for r in records if r["event"] == "job finished" and r["job"] == job_id)
+                ["settings"]["color_anchor"] for name, job_id in jobs.items()}
+    assert anchored == {"default": True, "off": False, "one_window": False}
+    assert client.status(jobs["off"])["spec"]["color_anchor"] is False
+    # The first window is the anchor and stays as generated; the second one is recoloured only when anchored.
+    assert len(frames["default"]) == len(frames["off"]) == 120
+    assert frames["default"][10].read_bytes() == frames["off"][10].read_bytes()
+    assert not np.array_equal(np.asarray(Image.open(frames["default"][110])), np.asarray(Image.open(frames["off"][110])))
+
+
 def test_range_requests_resume_a_partial_download(worker, inputs, tmp_path):
     client = worker.client()
     job_id = client.submit(SHORT_SPEC, inputs.files())
