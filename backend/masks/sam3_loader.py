@@ -1,6 +1,6 @@
 """Load SAM3 from a local folder in the ``facebook/sam3`` layout, never from the network.
 
-The folder holds what ``huggingface-cli download facebook/sam3 --local-dir DIR`` fetches:
+The folder holds what ``hf download facebook/sam3 --local-dir DIR`` fetches:
 
 * ``config.json`` -- a ``sam3_video`` config (detector + tracker),
 * ``model.safetensors`` (or sharded ``model-0000x-of-0000y.safetensors`` with ``model.safetensors.index.json``),
@@ -38,7 +38,7 @@ PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_p
 # The SAM3 text encoder sees 32 tokens per prompt (Sam3VideoProcessor.add_text_prompt pads to this length).
 PROMPT_TOKENS = 32
 WEIGHTS_HINT = (
-    "get them with: huggingface-cli download facebook/sam3 --local-dir DIR (accept the licence first)"
+    "get them with: hf download facebook/sam3 --local-dir DIR (accept the licence first)"
 )
 
 

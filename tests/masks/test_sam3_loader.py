@@ -31,7 +31,7 @@ def test_loads_the_tiny_folder_with_its_preprocessing(segmenter) -> None:
 
 def test_missing_folder_is_named(tmp_path: Path) -> None:
     with pytest.raises(
-        CheckpointError, match=r"nowhere.*does not exist.*huggingface-cli download facebook/sam3"
+        CheckpointError, match=r"nowhere.*does not exist.*hf download facebook/sam3"
     ):
         check_sam3_folder(tmp_path / "nowhere")
     with pytest.raises(CheckpointError, match="--local-dir"):
