@@ -8,7 +8,8 @@
 5. starts a local worker (``scail-worker serve``) on a checkpoint: a tiny untrained one made on the fly, or
    the real weights named by ``SCAIL_CHECKPOINT``;
 6. runs ``scail.generate``, which imports the result as a Sequencer strip and a camera background;
-7. writes ``demo_out/``: ``scail_demo.blend``, ``result.mp4``, ``frames/``, ``contact_sheet.png``.
+7. writes ``demo_out/``: ``scail_demo.blend``, ``result.mp4``, ``frames/``, ``contact_sheet.png`` (labelled:
+   reference and driving frames above, reference mask and result frames below).
 
 Environment: ``SCAIL_CHECKPOINT`` (real weights), ``SCAIL_DEVICE`` (default cuda with real weights, else cpu),
 ``SCAIL_DEMO_CLIP``, ``SCAIL_DEMO_FRAMES`` (default 9), ``SCAIL_DEMO_SIZE`` (short side, default 192 on the
@@ -126,47 +127,6 @@ def build_scene(bpy, short_side: int):
     return scene
 
 
-def contact_sheet(reference: Path, reference_mask: Path, driving: Path, frame_range: tuple[int, int],
-                  frames: list[Path], out: Path) -> None:
-    """One PNG: the reference over its mask, then driving frames over the matching result frames."""
-    import imageio.v3 as iio
-    import imageio_ffmpeg
-    import numpy as np
-
-    result = [iio.imread(f)[..., :3] for f in frames]
-    height, width = result[0].shape[:2]
-    picks = sorted({round(i * (len(result) - 1) / 4) for i in range(5)})
-    reader = imageio_ffmpeg.read_frames(str(driving))
-    meta = next(reader)
-    src_w, src_h = meta["size"]
-    driving_frames = []
-    for index, raw in enumerate(reader):
-        if index >= frame_range[1]:
-            break
-        if index >= frame_range[0]:
-            driving_frames.append(np.frombuffer(raw, np.uint8).reshape(src_h, src_w, 3))
-
-    def fit(image):
-        """Nearest-neighbour resize to the result's size (enough for a preview sheet)."""
-        ys = (np.arange(height) * image.shape[0] / height).astype(int)
-        xs = (np.arange(width) * image.shape[1] / width).astype(int)
-        return image[ys][:, xs]
-
-    ref = iio.imread(reference)
-    ref_rgb = ref[..., :3].astype(float) * (ref[..., 3:4] / 255.0) + 128 * (1 - ref[..., 3:4] / 255.0)
-    pad = 4
-    columns = len(picks) + 1
-    sheet = np.full((2 * height + 3 * pad, columns * width + (columns + 1) * pad, 3), 32, np.uint8)
-    sheet[pad:pad + height, pad:pad + width] = fit(ref_rgb.astype(np.uint8))
-    sheet[2 * pad + height:2 * pad + 2 * height, pad:pad + width] = fit(iio.imread(reference_mask)[..., :3])
-    for column, pick in enumerate(picks, start=1):
-        x = pad + column * (width + pad)
-        if pick < len(driving_frames):
-            sheet[pad:pad + height, x:x + width] = fit(driving_frames[pick])
-        sheet[2 * pad + height:2 * pad + 2 * height, x:x + width] = result[pick]
-    iio.imwrite(out, sheet)
-
-
 def main() -> int:
     started = time.monotonic()
     clip = MEDIA / os.environ.get("SCAIL_DEMO_CLIP", DEFAULT_CLIP)
@@ -181,6 +141,7 @@ def main() -> int:
     os.environ["BLENDER_USER_RESOURCES"] = str(work / "blender_user")
     import bpy  # after BLENDER_USER_RESOURCES: the demo never touches the user's Blender settings
 
+    from demo.contact_sheet import contact_sheet
     from demo.extension import build_extension, install_extension
 
     zip_path = build_extension(work / "dist")
