@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The web page's tests drive Debian's Chromium through Playwright, which never downloads a browser of its own.
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup browser test lint demo clean
+.PHONY: setup browser test lint demo addon clean
 
 setup: $(STAMP) browser
 
@@ -38,5 +38,10 @@ test: $(STAMP) browser
 demo: $(STAMP)
 	$(PY) -m demo.run_demo
 
+# The Blender extension zip, built and validated with the builder inside the bpy wheel (docs/ADDON.md).
+DIST ?= dist
+addon: $(STAMP)
+	$(PY) -m demo.extension $(DIST)
+
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo_out dist .pytest_cache .ruff_cache

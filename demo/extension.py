@@ -57,3 +57,24 @@ def install_extension(zip_path: Path, repo: str = "user_default") -> str:
     if result != {"FINISHED"}:
         raise ExtensionBuildError(f"installing {zip_path} returned {result}")
     return next(a.module for a in bpy.context.preferences.addons if a.module.endswith(f".{ADDON_ID}"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m demo.extension [OUT_DIR]`` (``make addon``): build and validate the zip into OUT_DIR (dist)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m demo.extension", description=main.__doc__)
+    parser.add_argument("out_dir", nargs="?", type=Path, default=REPO / "dist",
+                        help="folder for the zip, made if missing (default: dist/ in the repository)")
+    args = parser.parse_args(argv)
+    try:
+        zip_path = build_extension(args.out_dir.resolve())
+    except ExtensionBuildError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"{zip_path}: built and validated; install it with Edit > Preferences > Get Extensions > Install from Disk")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
