@@ -31,6 +31,11 @@ PRESETS = [
     ("balanced", "Balanced", "A middle ground"),
     ("quality", "Quality", "Full sampling"),
 ]
+COLOR_ANCHORS = [
+    ("AUTO", "Auto", "Anchor colours when the clip needs more than one window (more than 81 frames)"),
+    ("ON", "On", "Match each later window's colours to the first window's, against colour drift on long clips"),
+    ("OFF", "Off", "Keep every window's colours as generated"),
+]
 
 
 def _is_camera(_self, obj: bpy.types.Object) -> bool:
@@ -198,6 +203,8 @@ class SCAIL_PG_settings(bpy.types.PropertyGroup):
         default="PRESET",
     )
     loras: StringProperty(name="LoRAs", description='Strength overrides, e.g. "lightx2v=0.8, dpo=1.0"')
+    color_anchor: EnumProperty(name="Colour Anchor", items=COLOR_ANCHORS, default="AUTO",
+                               description="Keep colours from drifting between the windows of a long clip")
 
     # Output
     output_to_vse: BoolProperty(name="Sequencer Strip", default=True)

@@ -24,7 +24,7 @@ from bpy.props import (
 
 from . import render
 from .compat import path_options
-from .properties import MODES, PRESETS
+from .properties import COLOR_ANCHORS, MODES, PRESETS
 
 _PATH = path_options()
 
@@ -50,6 +50,7 @@ MASK_SOURCES = [
     ("FRAME", "Whole Frame", "The subject fills every frame"),
 ]
 SHOT_PRESETS = [("SCENE", "Scene", "The scene's preset"), *PRESETS]
+SHOT_COLOR_ANCHORS = [("SCENE", "Scene", "The scene's colour anchoring"), *COLOR_ANCHORS]
 
 
 def _is_camera(_self, obj: bpy.types.Object) -> bool:
@@ -91,6 +92,8 @@ class SCAIL_PG_shot(bpy.types.PropertyGroup):
     shift: FloatProperty(name="Shift", default=0.0, min=0.0, max=30.0, description="0: the scene's setting")
     seed: IntProperty(name="Seed", default=-1, min=-1, description="-1: the scene's setting")
     loras: StringProperty(name="LoRAs", description='e.g. "lightx2v=0.8"; empty: the scene\'s setting')
+    color_anchor: EnumProperty(name="Colour Anchor", items=SHOT_COLOR_ANCHORS, default="SCENE",
+                               description="Keep colours from drifting between the windows of a long clip")
 
     # Output
     output_to_vse: BoolProperty(name="Sequencer Strip", default=True)
@@ -225,6 +228,8 @@ def _generate_overrides(settings, shot) -> list[tuple[object, str, object]]:
         items += [(settings, "prompt_text", None), (settings, "prompt", shot.prompt)]
     if shot.preset != "SCENE":
         items.append((settings, "preset", shot.preset))
+    if shot.color_anchor != "SCENE":
+        items.append((settings, "color_anchor", shot.color_anchor))
     for name, unset in (("steps", 0), ("guidance", 0.0), ("shift", 0.0), ("seed", -1), ("loras", "")):
         value = getattr(shot, name)
         if value != unset and not (isinstance(value, str) and not value.strip()):

@@ -43,6 +43,7 @@ class GenerateSettings:
     reference_mask: str = "alpha"  # alpha | file | auto
     driving_mask: str = "auto"  # alpha | file | auto
     mask_prompts: str = ""  # SAM3 prompts for "auto" masks, e.g. "person, character, cat"; "" = worker default
+    color_anchor: str = "AUTO"  # AUTO (the worker's default: on past one window) | ON | OFF
 
 
 def build_spec(settings: GenerateSettings) -> dict:
@@ -75,6 +76,8 @@ def build_spec(settings: GenerateSettings) -> dict:
         spec["frame_range"] = list(settings.frame_range)
     if settings.fps:
         spec["fps"] = round(float(settings.fps), 6)
+    if settings.color_anchor != "AUTO":
+        spec["color_anchor"] = settings.color_anchor == "ON"
     prompts = mask_prompt_text(settings.mask_prompts)
     if prompts and "auto" in (settings.reference_mask, settings.driving_mask):
         spec["mask_prompts"] = prompts

@@ -231,7 +231,8 @@ def prepare_job(scene, context=None, target: connection.BackendTarget | None = N
             preset=settings.preset, size=size, steps=settings.steps, guidance=settings.guidance,
             shift=settings.shift, seed=settings.seed, loras=settings.loras,
             sampler="" if settings.sampler == "PRESET" else settings.sampler, frame_range=frame_range, fps=fps,
-            reference_mask=reference_mask, driving_mask=driving_mask, mask_prompts=settings.mask_prompts))
+            reference_mask=reference_mask, driving_mask=driving_mask, mask_prompts=settings.mask_prompts,
+            color_anchor=settings.color_anchor))
     except BaseException:
         import shutil
 

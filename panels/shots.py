@@ -91,7 +91,7 @@ def draw_shot(layout, shot) -> None:
     col.prop(shot, "prompt")
     col.prop(shot, "preset")
     sub = col.column(align=True)
-    for name in ("steps", "guidance", "shift", "seed", "loras"):
+    for name in ("steps", "guidance", "shift", "seed", "loras", "color_anchor"):
         sub.prop(shot, name)
     col.separator()
     sub = col.row(align=True)

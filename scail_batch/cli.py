@@ -1,6 +1,7 @@
 """``scail-batch``: render every enabled shot of a .blend on a render node, then save it with the results.
 
     scail-batch scene.blend [--shots A,B] [--server URL --token T ...] [--local-python PY] [--checkpoint DIR]
+                [--color-anchor auto|on|off]
 
 or, with a Blender binary instead of the ``bpy`` module (the add-on installed there, or loaded from this tree):
 
@@ -51,6 +52,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--checkpoint", metavar="DIR", help="checkpoint folder for the local worker")
     parser.add_argument("--device", default="cuda", help="torch device of the local worker (default: cuda)")
     parser.add_argument("--no-save", action="store_true", help="do not save the .blend afterwards")
+    parser.add_argument("--color-anchor", choices=("auto", "on", "off"),
+                        help="colour anchoring against drift between the windows of long clips, set as the scene's "
+                        "setting (saved with the .blend; shots with their own setting keep it). auto: on for clips "
+                        "longer than one window (the default of a new scene)")
     args = parser.parse_args(argv)
     if args.token and len(args.token) not in {1, len(args.server)}:
         parser.error(f"give one --token for all servers or one per --server ({len(args.server)})")
@@ -233,6 +238,8 @@ def _run(args: argparse.Namespace, temporary: list[str]) -> int:
         if args.blend and (not bpy.data.filepath or not os.path.samefile(args.blend, bpy.data.filepath)):
             bpy.ops.wm.open_mainfile(filepath=os.path.abspath(args.blend))
         scene = bpy.context.scene
+        if args.color_anchor:
+            scene.scail.color_anchor = args.color_anchor.upper()
         names = [name.strip() for name in args.shots.split(",") if name.strip()] or None
         bar = ProgressBar()
         try:

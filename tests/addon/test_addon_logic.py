@@ -42,6 +42,15 @@ def test_spec_sends_only_overrides():
     assert spec["frame_range"] == [2, 9] and spec["fps"] == 29.97
 
 
+def test_colour_anchoring_is_sent_only_when_chosen():
+    settings = spec_module.GenerateSettings("animation", "", "", "fast", size=(512, 512))
+    assert "color_anchor" not in spec_module.build_spec(settings)  # Auto: the worker's default, on past one window
+    settings.color_anchor = "ON"
+    assert spec_module.build_spec(settings)["color_anchor"] is True
+    settings.color_anchor = "OFF"
+    assert spec_module.build_spec(settings)["color_anchor"] is False
+
+
 @pytest.mark.parametrize(("loras", "message"), [("lightx2v", "must look like name=strength"),
                                                 ("dpo=high", "strength of 'dpo' is not a number"),
                                                 ("=1", "must look like name=strength")])

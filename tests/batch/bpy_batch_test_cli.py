@@ -72,6 +72,12 @@ def test_command_line_renders_reports_and_exits_with_the_right_code(scene, worke
     report = json.loads((tmp_path / "scene_batch.json").read_text())
     assert report["counts"] == {"shots": 1, "succeeded": 0, "skipped": 1, "failed": 0}
 
+    # --color-anchor sets the scene's colour anchoring: the shot's settings changed, so it renders again.
+    result = scail_batch([blend, "--shots", "CamB", "--color-anchor", "off", *servers], tmp_path / "user5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "scene_batch.json").read_text())
+    assert report["counts"]["succeeded"] == 1 and report["shots"][0]["settings"]["color_anchor"] is False
+
     # A shot that does not exist: the batch does not start.
     result = scail_batch([blend, "--shots", "Nope", *servers], tmp_path / "user3")
     assert result.returncode == 2 and "no shot named 'Nope'" in result.stderr, result.stdout + result.stderr

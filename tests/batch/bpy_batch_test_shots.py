@@ -54,6 +54,19 @@ def test_shots_from_markers_and_list_editing(scene):
         bpy.ops.scail.shot_add_from_cameras()
 
 
+def test_a_shot_overrides_the_scenes_colour_anchoring(scene, pkg):
+    assert scene.scail.color_anchor == "AUTO"
+    assert bpy.ops.scail.shot_add() == {"FINISHED"}
+    shot = scene.scail_batch.shots[0]
+    shot.camera = scene.camera
+    shots = pkg.addon.shots
+    for choice, applied in (("SCENE", "AUTO"), ("OFF", "OFF"), ("ON", "ON")):
+        shot.color_anchor = choice
+        with shots.shot_settings(shots.input_overrides(scene, shot)):
+            assert scene.scail.color_anchor == applied, choice
+        assert scene.scail.color_anchor == "AUTO"  # the panel's value comes back
+
+
 def test_a_shot_without_camera_fails_before_rendering(scene):
     assert bpy.ops.scail.shot_add() == {"FINISHED"}
     shot = scene.scail_batch.shots[0]
