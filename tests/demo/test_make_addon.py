@@ -20,5 +20,5 @@ def test_make_addon_builds_a_valid_zip_into_a_new_folder(tmp_path: Path):
     assert f"{zip_path}: built and validated" in run.stdout
     names = set(zipfile.ZipFile(zip_path).namelist())
     assert {"blender_manifest.toml", "__init__.py", "addon/importing.py", "backend/client.py"} <= names
-    assert not any(name.startswith(("tests/", "backend/scail2/", "backend/worker/", "demo/")) for name in names)
+    assert not any(name.startswith(("tests/", "backend/scail2/", "backend/worker/", "demo/", "training/")) for name in names)
 
