@@ -97,7 +97,7 @@ def load_addon_from_source(temporary: list[str]) -> str:
         link.symlink_to(REPO, target_is_directory=True)
     except OSError:  # no symlinks (Windows without the privilege): a copy of the add-on's files
         shutil.copytree(REPO, link, ignore=shutil.ignore_patterns(
-            ".*", "__pycache__", "tests", "benchmarks", "docs", "demo", "demo_out", "scail_batch", "*.blend*"))
+            ".*", "__pycache__", "tests", "benchmarks", "docs", "demo", "demo_out", "scail_batch", "training", "*.blend*"))
     if SOURCE_REPO not in {repo.module for repo in prefs.extensions.repos}:
         prefs.extensions.repos.new(name=SOURCE_REPO, module=SOURCE_REPO, custom_directory=str(folder),
                                    source="USER")

@@ -18,8 +18,8 @@ def test_zip_ships_only_the_blender_side(extension_zip):
     assert {"blender_manifest.toml", "__init__.py", "addon/jobs.py", "operators/generate.py", "panels/main.py",
             "backend/client.py", "backend/launcher.py", "backend/palette.py"} <= names
     assert "backend/__init__.py" not in names  # a namespace package: never shadows the worker's backend
-    unwanted = [n for n in names if n.startswith(("tests/", "demo/", "docs/", "benchmarks/", "backend/scail2/",
-                                                  "backend/worker/", "backend/masks/", ".venv/"))]
+    unwanted = [n for n in names if n.startswith(("tests/", "demo/", "docs/", "benchmarks/", "training/",
+                                                  "backend/scail2/", "backend/worker/", "backend/masks/", ".venv/"))]
     assert not unwanted, unwanted
 
 
