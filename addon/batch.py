@@ -245,18 +245,16 @@ class BatchRun:
     # -- one shot --
 
     def _render_reference(self, scene, shot) -> tuple[str, str]:
-        """The reference from the shot's camera at its first frame, into ``//scail/shots/<uid>/``."""
-        settings = scene.scail
+        """The reference from the shot's camera at its first frame, into ``//scail/shots/<uid>/``. Like the
+        panel's, its identity pass fixes the colours of the shot's job (its extra views and driving frames)."""
         root, warning = paths.scail_root()
         if warning and warning not in self.warnings:
             self.warnings.append(warning)
         current = scene.frame_current
         scene.frame_set(shot.frame_start)
         try:
-            result = render.render_reference(
-                scene, shot.camera, settings.engine, workflow.reference_size(scene),
-                os.path.join(root, "shots", shot.uid or shot.name), "reference",
-                collection=settings.character_collection, identity_colours=settings.use_identity_colours)
+            result = workflow.render_reference_at(scene, shot.camera,
+                                                  os.path.join(root, "shots", shot.uid or shot.name))
         finally:
             scene.frame_set(current)
         shot.reference_path = paths.to_blend_path(result.image_path)
@@ -395,9 +393,10 @@ class BatchRun:
 def _describe(error: Exception) -> str:
     """A user-fixable error as its message; anything else with its type, so the cause can be found."""
     from .driving import DrivingInputError
+    from .identities import IdentityError
     from .spec import SpecError
 
-    user_errors = (connection.BackendUnavailable, DrivingInputError, importing.ImportError_,
+    user_errors = (connection.BackendUnavailable, DrivingInputError, IdentityError, importing.ImportError_,
                    render.RenderInputError, SpecError, workflow.WorkflowError, OSError)
     if isinstance(error, user_errors):
         return str(error)

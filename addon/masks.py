@@ -1,4 +1,11 @@
-"""Automatic-mask preview: the worker's SAM3 masks of the current reference and driving clip, shown and kept.
+"""Mask preview: the worker's SAM3 masks of the current reference and driving clip, or the masks rendered from
+the scene's own animation, shown and kept.
+
+Rendered masks (``preview_rendered``, scene animation with Mask: Render) are made here on the main thread, in the
+job's identity colours (``workflow.job_characters``): what Generate will send, with each character in its own
+colour in every frame. They are for looking at: Generate renders them again, so Mask stays Render.
+
+Automatic masks:
 
 ``prepare_preview`` (main thread) picks the inputs and a folder ``//scail/masks/<hash>/``; ``run_preview`` (any
 thread, no ``bpy``) fetches the masks with ``WorkerClient.preview_masks``; ``apply_result`` (main thread) loads
@@ -22,7 +29,8 @@ from dataclasses import dataclass, field
 
 import bpy
 
-from . import connection, driving, importing, paths
+from ..backend.palette import mask_background
+from . import connection, driving, identities, importing, paths, render, workflow
 from .spec import mask_prompt_text
 
 MASK_CLIP = "SCAIL Driving Mask"
@@ -125,6 +133,56 @@ def prepare_preview(scene, context=None, what: str = "DRIVING") -> MaskPreviewTa
     root, _warning = paths.scail_root()
     return MaskPreviewTask(scene.name, target, spec, files, os.path.join(root, "masks", digest), first_frame,
                            cleanup)
+
+
+def renders_masks(scene, what: str) -> bool:
+    """Whether a preview of ``what`` is rendered from the scene rather than asked of the worker."""
+    return what in {"DRIVING", "BOTH"} and scene.scail.driving_source == "SCENE"
+
+
+def preview_rendered(scene) -> str:
+    """Render the identity masks of the scene animation's In/Out (and of the rendered reference) into
+    ``//scail/masks/scene/`` in the job's colours, show them like automatic ones; return the summary."""
+    settings = scene.scail
+    if settings.driving_mask_source != "RENDER":
+        raise MaskPreviewError("the scene's animation gets exact masks from the render: pick Mask: Render to "
+                               "preview them (automatic masks of a scene render are not previewed)")
+    characters = workflow.job_characters(scene)
+    size = workflow.job_size(scene)
+    root, _warning = paths.scail_root()
+    out_dir = os.path.join(root, "masks", "scene")
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tmp-scene-", dir=os.path.dirname(out_dir))
+    try:
+        animation = workflow.render_scene_driving(scene, size, os.path.join(staging, "passes"), characters,
+                                                  beauty=False)
+        first, _last = driving.scene_range(scene, settings)
+        background = mask_background(settings.mode, "driving")
+        for number, identity_frame in enumerate(animation.identity_frames, start=first):
+            render.mask_from_identity_pass(identity_frame, background,
+                                           os.path.join(staging, "driving_mask", f"frame_{number:05d}.png"))
+        legend = workflow.reference_legend(scene)
+        if legend is not None and workflow.uses_identity_colours(scene):
+            identity_path = paths.absolute(settings.reference_ids_path)
+            workflow.refresh_identity_pass(scene, identity_path, characters)
+            render.mask_from_identity_pass(identity_path, mask_background(settings.mode, "reference"),
+                                           os.path.join(staging, "reference_mask.png"))
+        workflow.write_job_legend(os.path.join(staging, "masks.json"), characters)
+        shutil.rmtree(os.path.join(staging, "passes"))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    frames = sorted(os.path.join(out_dir, "driving_mask", name) for name in
+                    os.listdir(os.path.join(out_dir, "driving_mask")))
+    load_mask_clip(frames, settings.vse_frame_start)
+    if settings.mask_preview_to_vse:
+        importing.add_strip(scene, frames, MASK_STRIP, min(128, settings.vse_channel + 1), settings.vse_frame_start)
+    message = f"rendered masks: {len(frames)} frame(s); {identities.describe(characters)}"
+    settings.mask_preview_dir = paths.to_blend_path(out_dir)
+    settings.mask_preview_status, settings.mask_preview_message = "done", message
+    return message
 
 
 # ---------------------------------------------------------------------------------------------------------------

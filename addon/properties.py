@@ -1,4 +1,5 @@
-"""Per-scene settings and the job list, stored in the .blend as ``Scene.scail``."""
+"""Per-scene settings and the job list, stored in the .blend as ``Scene.scail``; a character's identity colour as
+``Object.scail_identity``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from bpy.props import (
 )
 
 from .compat import path_options
+from .identities import AUTO, IDENTITY_ITEMS
 
 _PATH = path_options()
 
@@ -226,9 +228,15 @@ def register() -> None:
     for cls in classes:
         bpy.utils.register_class(cls)
     bpy.types.Scene.scail = PointerProperty(type=SCAIL_PG_settings)
+    bpy.types.Object.scail_identity = EnumProperty(
+        name="SCAIL Identity", items=IDENTITY_ITEMS, default=AUTO,
+        description="Identity colour of this character (a top-level object of the Characters collection) in every "
+                    "SCAIL mask made from the scene: the reference, the extra views and the driving frames",
+    )
 
 
 def unregister() -> None:
+    del bpy.types.Object.scail_identity
     del bpy.types.Scene.scail
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

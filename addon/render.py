@@ -8,21 +8,18 @@ Standard view transform, so each pixel holds an exact palette colour or is trans
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import bpy
-from bpy_extras.object_utils import world_to_camera_view
-from mathutils import Vector
 
 from ..backend.palette import identity_colour
-from . import compat, pngio
+from . import compat, identities, pngio
+from .identities import RENDERABLE_TYPES, Character
 from .images import read_rgba_planes
 
 SHORT_SIDES = {"512p": 512, "704p": 704}
-RENDERABLE_TYPES = frozenset({"MESH", "CURVE", "SURFACE", "META", "FONT", "CURVES", "POINTCLOUD", "VOLUME",
-                              "GPENCIL", "GREASEPENCIL"})
 
 
 class RenderInputError(Exception):
@@ -116,47 +113,20 @@ def render_beauty(scene, camera, engine_choice: str, size: tuple[int, int], path
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Characters and identity colours
+# Identity passes: each character flat in its own palette colour
 
 
-def _top_ancestor_in(obj: bpy.types.Object, members: set[str]) -> bpy.types.Object:
-    root = obj
-    while root.parent is not None and root.parent.name in members:
-        root = root.parent
-    return root
+def render_identity_pass(scene, camera, characters: Sequence[Character], size, path: str,
+                         legend: bool = True) -> None:
+    """Render each character in its palette colour on a transparent background (and the pass's legend).
 
-
-def character_groups(scene, camera, collection: bpy.types.Collection | None) -> list[list[bpy.types.Object]]:
-    """Characters ordered left to right as the camera sees them (identity i gets palette colour i).
-
-    With a collection, each top-level object in it (with its children in it) is one character. Without one,
-    every object that renders is one single character.
+    The colours come from ``characters`` (see ``identities``), never from where the characters are on screen.
     """
-    if collection is None:
-        objects = [o for o in scene.objects if o.type in RENDERABLE_TYPES and not o.hide_render]
-        return [objects] if objects else []
-    members = {o.name for o in collection.all_objects}
-    groups: dict[str, list[bpy.types.Object]] = {}
-    for obj in collection.all_objects:
-        if obj.type in RENDERABLE_TYPES and not obj.hide_render:
-            groups.setdefault(_top_ancestor_in(obj, members).name, []).append(obj)
-
-    def screen_x(group: list[bpy.types.Object]) -> float:
-        centre = Vector((0.0, 0.0, 0.0))
-        for obj in group:
-            centre += obj.matrix_world @ (sum((Vector(c) for c in obj.bound_box), Vector()) / 8.0)
-        return world_to_camera_view(scene, camera, centre / len(group)).x
-
-    return sorted(groups.values(), key=screen_x)
-
-
-def render_identity_pass(scene, camera, groups: list[list[bpy.types.Object]], size, path: str) -> list[str]:
-    """Render each group in its palette colour on a transparent background; return the groups' names."""
-    if not groups:
+    if not characters:
         raise RenderInputError("nothing to render: the character collection has no visible objects")
     shading = scene.display.shading
     view = scene.view_settings
-    in_groups = {o.name for group in groups for o in group}
+    worn = {o.name for character in characters for o in character.objects}
     items = _frame_settings(scene, camera, size) + [
         (scene.render, "engine", "BLENDER_WORKBENCH"),
         (scene.render, "dither_intensity", 0.0),
@@ -176,34 +146,37 @@ def render_identity_pass(scene, camera, groups: list[list[bpy.types.Object]], si
         (view, "gamma", 1.0),
         (view, "use_curve_mapping", False),
     ]
-    for index, group in enumerate(groups):
-        red, green, blue = (channel / 255.0 for channel in identity_colour(index))
-        items += [(obj, "color", (red, green, blue, 1.0)) for obj in group]
+    for character in characters:
+        red, green, blue = (channel / 255.0 for channel in character.rgb)
+        items += [(obj, "color", (red, green, blue, 1.0)) for obj in character.objects]
     items += [(obj, "hide_render", True) for obj in scene.objects
-              if obj.type in RENDERABLE_TYPES and obj.name not in in_groups and not obj.hide_render]
+              if obj.type in RENDERABLE_TYPES and obj.name not in worn and not obj.hide_render]
     with overridden(items):
         _render_still(scene, path)
-    return [group[0].name if len(group) == 1 else _top_ancestor_in(group[0], in_groups).name for group in groups]
+    if legend:
+        identities.write_legend(path, identities.Legend(camera.name, scene.frame_current, tuple(size),
+                                                    identities.colour_table(characters)))
 
 
 @dataclass
 class ReferenceRender:
     image_path: str
     identity_path: str  # "" when the mask comes from the beauty render's alpha
-    characters: list[str]
+    characters: list[Character]
     size: tuple[int, int]
 
 
 def render_reference(scene, camera, engine_choice: str, size, out_dir: str, stem: str,
-                     collection=None, identity_colours: bool = True) -> ReferenceRender:
+                     characters: Sequence[Character] | None = None) -> ReferenceRender:
+    """The beauty render ``<stem>.png`` and, given ``characters``, their identity pass ``<stem>_ids.png``."""
     camera = resolve_camera(scene, camera)
     image_path = os.path.join(out_dir, f"{stem}.png")
     render_beauty(scene, camera, engine_choice, size, image_path)
-    identity_path, names = "", []
-    if collection is not None and identity_colours:
+    identity_path = ""
+    if characters is not None:
         identity_path = os.path.join(out_dir, f"{stem}_ids.png")
-        names = render_identity_pass(scene, camera, character_groups(scene, camera, collection), size, identity_path)
-    return ReferenceRender(image_path, identity_path, names, size)
+        render_identity_pass(scene, camera, characters, size, identity_path)
+    return ReferenceRender(image_path, identity_path, list(characters or []), size)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -246,8 +219,13 @@ def scene_fps(scene) -> float:
 
 
 def render_animation(scene, camera, engine_choice: str, size, frame_start: int, frame_end: int, out_dir: str,
-                     collection=None, with_identity: bool = True) -> AnimationRender:
-    """Render frames ``frame_start..frame_end`` (inclusive) and, optionally, their identity masks."""
+                     characters: Sequence[Character] | None = None, beauty: bool = True) -> AnimationRender:
+    """Render frames ``frame_start..frame_end`` (inclusive) and, given ``characters``, their identity masks
+    (only those with ``beauty=False``).
+
+    Every frame uses the same ``characters``, so each keeps its colour in every frame, wherever it moves and
+    even after leaving the frame and coming back.
+    """
     camera = resolve_camera(scene, camera)
     if frame_end < frame_start:
         raise RenderInputError(f"the frame range {frame_start}-{frame_end} is empty")
@@ -256,13 +234,13 @@ def render_animation(scene, camera, engine_choice: str, size, frame_start: int, 
     try:
         for number, frame in enumerate(range(frame_start, frame_end + 1), start=1):
             scene.frame_set(frame)
-            path = os.path.join(out_dir, "frames", f"frame_{number:04d}.png")
-            render_beauty(scene, camera, engine_choice, size, path)
-            frames.append(path)
-            if with_identity:
-                groups = character_groups(scene, camera, collection)
+            if beauty:
+                path = os.path.join(out_dir, "frames", f"frame_{number:04d}.png")
+                render_beauty(scene, camera, engine_choice, size, path)
+                frames.append(path)
+            if characters is not None:
                 id_path = os.path.join(out_dir, "ids", f"frame_{number:04d}.png")
-                render_identity_pass(scene, camera, groups, size, id_path)
+                render_identity_pass(scene, camera, characters, size, id_path, legend=False)
                 identity_frames.append(id_path)
     finally:
         scene.frame_set(current)

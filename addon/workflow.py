@@ -5,16 +5,19 @@ Operators are thin wrappers around these; the batch tools and scripts can call t
 
 from __future__ import annotations
 
+import json
 import os
 
 import bpy
 
 from ..backend.palette import mask_background
-from . import connection, driving, jobs, paths, render
+from . import connection, driving, identities, jobs, paths, pngio, render
+from .identities import Character
 from .images import read_rgba_planes
 from .spec import GenerateSettings, build_spec
 
 PREVIEW_IMAGE = "SCAIL Reference"
+IDENTITIES_FILE = "identities.json"
 
 
 class WorkflowError(Exception):
@@ -30,13 +33,58 @@ def reference_size(scene) -> tuple[int, int]:
     return render.target_size(scene, settings.size, settings.size_short_side)
 
 
+def uses_identity_colours(scene) -> bool:
+    """Whether masks made from the scene tell characters apart (a Characters collection, Identity Colours on)."""
+    settings = scene.scail
+    return settings.character_collection is not None and settings.use_identity_colours
+
+
+def ordering_camera(scene) -> bpy.types.Object:
+    """The camera that orders Auto characters left to right: the reference camera, else the driving camera."""
+    settings = scene.scail
+    camera = settings.camera or scene.camera or settings.driving_camera
+    return render.resolve_camera(scene, camera)
+
+
+def reference_legend(scene) -> identities.Legend | None:
+    """The colours the rendered reference's identity pass was made with (None without one)."""
+    settings = scene.scail
+    if settings.reference_source != "RENDER" or not settings.reference_ids_path:
+        return None
+    return identities.read_legend(paths.absolute(settings.reference_ids_path))
+
+
+def job_characters(scene) -> list[Character]:
+    """The characters of a job with their colours, the same for the reference, every extra view and every driving
+    frame: as recorded with the rendered reference, with explicit colours and new characters added (see
+    ``identities``). With Identity Colours off (or no collection) everything is one identity."""
+    settings = scene.scail
+    if not uses_identity_colours(scene):
+        return identities.single_identity(scene, settings.character_collection)
+    legend = reference_legend(scene)
+    return identities.resolve(scene, settings.character_collection, ordering_camera(scene),
+                              legend.colours if legend else None)
+
+
+def _reference_characters(scene, camera) -> list[Character] | None:
+    """Colours for a new reference render: explicit ones, then left to right as ``camera`` sees the rest."""
+    if not uses_identity_colours(scene):
+        return None
+    return identities.resolve(scene, scene.scail.character_collection, camera)
+
+
+def render_reference_at(scene, camera, out_dir: str) -> render.ReferenceRender:
+    """Render the reference (and its identity pass, which fixes the job's colours) from ``camera``."""
+    camera = render.resolve_camera(scene, camera)
+    return render.render_reference(scene, camera, scene.scail.engine, reference_size(scene), out_dir, "reference",
+                                   characters=_reference_characters(scene, camera))
+
+
 def render_reference(scene) -> tuple[render.ReferenceRender, str | None]:
     """Render the reference (and its identity pass) into ``//scail/reference/``; update the preview."""
     settings = scene.scail
     root, warning = paths.scail_root()
-    result = render.render_reference(
-        scene, reference_camera(scene), settings.engine, reference_size(scene), os.path.join(root, "reference"),
-        "reference", collection=settings.character_collection, identity_colours=settings.use_identity_colours)
+    result = render_reference_at(scene, reference_camera(scene), os.path.join(root, "reference"))
     settings.reference_path = paths.to_blend_path(result.image_path)
     settings.reference_ids_path = paths.to_blend_path(result.identity_path) if result.identity_path else ""
     update_preview(result.image_path)
@@ -53,22 +101,53 @@ def update_preview(path: str) -> None:
         image.reload()
 
 
+def _render_extra_view(scene, index: int, view, characters: list[Character] | None) -> None:
+    """Extra view ``index`` as ``extra_<index>.png`` (the index it is sent with), with an identity pass in the
+    job's colours when ``characters`` are given."""
+    root, _warning = paths.scail_root()
+    result = render.render_reference(
+        scene, view.camera, scene.scail.engine, reference_size(scene), os.path.join(root, "reference"),
+        f"extra_{index}", characters=characters)
+    view.image_path = paths.to_blend_path(result.image_path)
+    view.mask_path = paths.to_blend_path(result.identity_path) if result.identity_path else ""
+
+
 def render_extra_views(scene) -> int:
     """Render every extra view that has a camera; return how many were rendered."""
+    views = [(index, view) for index, view in enumerate(scene.scail.extra_views) if view.camera is not None]
+    characters = job_characters(scene) if views and uses_identity_colours(scene) else None
+    for index, view in views:
+        _render_extra_view(scene, index, view, characters)
+    return len(views)
+
+
+def refresh_identity_pass(scene, identity_path: str, characters: list[Character]) -> None:
+    """Render an identity pass again, from its camera at its frame, when its legend holds other colours than
+    the job's (an explicit colour set, or the reference rendered again, since). Masks without a legend came
+    from elsewhere and are left as they are."""
+    legend = identities.read_legend(identity_path)
+    if legend is None or legend.colours == identities.colour_table(characters):
+        return
+    camera = bpy.data.objects.get(legend.camera)
+    if camera is None or camera.type != "CAMERA":
+        raise WorkflowError(f"the identity colours changed since {os.path.basename(identity_path)} was rendered "
+                            f"and its camera {legend.camera!r} is gone: render it again")
+    current = scene.frame_current
+    try:
+        scene.frame_set(legend.frame)
+        render.render_identity_pass(scene, camera, characters, legend.size, identity_path)
+    finally:
+        scene.frame_set(current)
+
+
+def render_scene_driving(scene, size, out_dir: str, characters: list[Character] | None = None,
+                         beauty: bool = True) -> render.AnimationRender:
+    """The scene's animation over the driving In/Out from the driving camera (else the scene camera), with
+    identity masks in the job's colours when ``characters`` are given (only those with ``beauty=False``)."""
     settings = scene.scail
-    root, _warning = paths.scail_root()
-    count = 0
-    for index, view in enumerate(settings.extra_views):
-        if view.camera is None:
-            continue
-        result = render.render_reference(
-            scene, view.camera, settings.engine, reference_size(scene), os.path.join(root, "reference"),
-            f"extra_{index + 1}", collection=settings.character_collection,
-            identity_colours=settings.use_identity_colours)
-        view.image_path = paths.to_blend_path(result.image_path)
-        view.mask_path = paths.to_blend_path(result.identity_path) if result.identity_path else ""
-        count += 1
-    return count
+    start, end = driving.scene_range(scene, settings)
+    camera = render.resolve_camera(scene, settings.driving_camera)
+    return render.render_animation(scene, camera, settings.engine, size, start, end, out_dir, characters, beauty)
 
 
 def probe_driving(scene) -> driving.ClipInfo:
@@ -91,6 +170,26 @@ def _has_transparency(path: str) -> bool:
     return planes[3].count(255) != len(planes[3])
 
 
+def _image_reference_size(settings, image_path: str) -> tuple[int, int]:
+    """The job size for an external reference image: its aspect at the chosen short side."""
+    width, height, _planes = read_rgba_planes(image_path)  # any format Blender reads
+    short = render.SHORT_SIDES.get(settings.size) or render.round32(settings.size_short_side)
+    return (render.round32(short * width / height), short) if width >= height else \
+        (short, render.round32(short * height / width))
+
+
+def job_size(scene) -> tuple[int, int]:
+    """(width, height) a Generate would use now: the rendered reference's, else the settings'."""
+    settings = scene.scail
+    if settings.reference_source == "IMAGE":
+        image_path = paths.absolute(settings.reference_image)
+        if not os.path.isfile(image_path):
+            raise WorkflowError(f"reference image not found: {image_path or '(no file chosen)'}")
+        return _image_reference_size(settings, image_path)
+    image_path = paths.absolute(settings.reference_path) if settings.reference_path else ""
+    return pngio.png_size(image_path) if os.path.isfile(image_path) else reference_size(scene)
+
+
 def _reference_inputs(scene, inputs: str, files: dict[str, str]) -> tuple[str, tuple[int, int]]:
     """Reference image and mask into ``files``; return the spec's ``reference_mask`` and the size."""
     settings = scene.scail
@@ -100,10 +199,7 @@ def _reference_inputs(scene, inputs: str, files: dict[str, str]) -> tuple[str, t
         if not os.path.isfile(image_path):
             raise WorkflowError(f"reference image not found: {image_path or '(no file chosen)'}")
         files["reference"] = image_path
-        width, height, _planes = read_rgba_planes(image_path)
-        short = render.SHORT_SIDES.get(settings.size) or render.round32(settings.size_short_side)
-        size = (render.round32(short * width / height), short) if width >= height else \
-            (short, render.round32(short * height / width))
+        size = _image_reference_size(settings, image_path)
         mask_path = paths.absolute(settings.reference_mask_image)
         if settings.reference_mask_image:
             if not os.path.isfile(mask_path):
@@ -112,35 +208,53 @@ def _reference_inputs(scene, inputs: str, files: dict[str, str]) -> tuple[str, t
             return "file", size
         return ("alpha" if _has_transparency(image_path) else "auto"), size
     image_path = paths.absolute(settings.reference_path)
-    if not os.path.isfile(image_path):
-        render_reference(scene)
+    identity_path = paths.absolute(settings.reference_ids_path) if settings.reference_ids_path else ""
+    if not os.path.isfile(image_path) or (uses_identity_colours(scene) and not os.path.isfile(identity_path)):
+        render_reference(scene)  # missing, or rendered before Identity Colours were turned on
         image_path = paths.absolute(settings.reference_path)
+        identity_path = paths.absolute(settings.reference_ids_path) if settings.reference_ids_path else ""
     files["reference"] = image_path
     mask_path = os.path.join(inputs, "reference_mask.png")
-    render.write_mask(image_path, paths.absolute(settings.reference_ids_path), background, mask_path)
+    if not uses_identity_colours(scene):
+        identity_path = ""  # one identity: the render's alpha, like the driving masks
+    elif identity_path:
+        refresh_identity_pass(scene, identity_path, job_characters(scene))
+    render.write_mask(image_path, identity_path, background, mask_path)
     files["reference_mask"] = mask_path
     width, height, _planes = read_rgba_planes(image_path)
     return "file", (width, height)
 
 
-def _extra_inputs(scene, inputs: str, files: dict[str, str]) -> None:
+def _extra_inputs(scene, inputs: str, files: dict[str, str], characters: list[Character] | None) -> None:
+    """Every extra view as ``extra_reference_<i>`` and its mask, ``i`` = 0, 1, ... in the list's order (the
+    order the engine receives them in). A view with a camera is rendered now when its image (or, with
+    ``characters``, its identity pass) is missing; a view without one sends its image and mask as they are."""
     settings = scene.scail
     background = mask_background(settings.mode, "reference")
-    number = 0
-    for view in settings.extra_views:
-        image_path = paths.absolute(view.image_path)
-        if not view.image_path:
-            continue
-        if not os.path.isfile(image_path):
-            raise WorkflowError(f"extra view image not found: {image_path}; render the extra views again")
-        number += 1
-        mask_path = os.path.join(inputs, f"extra_reference_mask_{number}.png")
-        render.write_mask(image_path, paths.absolute(view.mask_path), background, mask_path)
-        files[f"extra_reference_{number}"] = image_path
-        files[f"extra_reference_mask_{number}"] = mask_path
+    for index, view in enumerate(settings.extra_views):
+        image_path = paths.absolute(view.image_path) if view.image_path else ""
+        mask = paths.absolute(view.mask_path) if view.mask_path else ""
+        if view.camera is not None:
+            if not os.path.isfile(image_path) or (characters is not None and not os.path.isfile(mask)):
+                _render_extra_view(scene, index, view, characters)
+                image_path = paths.absolute(view.image_path)
+                mask = paths.absolute(view.mask_path) if view.mask_path else ""
+            if characters is None:
+                mask = ""  # one identity: the render's alpha, like the reference
+            else:
+                refresh_identity_pass(scene, mask, characters)
+        elif not image_path:
+            raise WorkflowError(f"extra view {index} has no camera and no image: pick a camera or remove the view")
+        elif not os.path.isfile(image_path):
+            raise WorkflowError(f"extra view {index}: image not found: {image_path}")
+        mask_path = os.path.join(inputs, f"extra_reference_mask_{index}.png")
+        render.write_mask(image_path, mask, background, mask_path)
+        files[f"extra_reference_{index}"] = image_path
+        files[f"extra_reference_mask_{index}"] = mask_path
 
 
-def _driving_inputs(scene, inputs: str, files: dict[str, str], size) -> tuple[str, tuple | None, float | None]:
+def _driving_inputs(scene, inputs: str, files: dict[str, str], size, characters: list[Character] | None
+                    ) -> tuple[str, tuple | None, float | None]:
     """Driving clip and mask into ``files``; return the spec's ``driving_mask``, ``frame_range`` and ``fps``."""
     settings = scene.scail
     source, mask_source = settings.driving_source, settings.driving_mask_source
@@ -149,11 +263,8 @@ def _driving_inputs(scene, inputs: str, files: dict[str, str], size) -> tuple[st
                             "or Mask File")
     frame_range, fps, info = None, None, None
     if source == "SCENE":
-        start, end = driving.scene_range(scene, settings)
-        camera = render.resolve_camera(scene, settings.driving_camera)
-        animation = render.render_animation(
-            scene, camera, settings.engine, size, start, end, os.path.join(inputs, "driving"),
-            collection=settings.character_collection, with_identity=(mask_source == "RENDER"))
+        animation = render_scene_driving(scene, size, os.path.join(inputs, "driving"),
+                                         characters if mask_source == "RENDER" else None)
         files["driving"] = os.path.join(inputs, "driving.zip")
         driving.zip_frames(animation.frames, files["driving"])
         fps = animation.fps
@@ -208,6 +319,20 @@ def _zip_mask_sequence(scene, info: driving.ClipInfo | None, mask_path: str, out
     driving.zip_mask_sequence(mask_path, start + 1, end, padding, background, out_path)
 
 
+def _masks_from_scene(scene) -> bool:
+    """Whether this job renders masks from the scene beyond the reference: extra views or driving frames."""
+    settings = scene.scail
+    return bool(settings.extra_views) or (settings.driving_source == "SCENE"
+                                          and settings.driving_mask_source == "RENDER")
+
+
+def write_job_legend(path: str, characters: list[Character]) -> None:
+    """Which object wears which colour in this job's masks, kept with its inputs (never uploaded)."""
+    data = {"characters": [{"name": c.name, "colour": c.colour_name, "rgb": list(c.rgb), "explicit": c.explicit,
+                            "objects": [o.name for o in c.objects]} for c in characters]}
+    pngio.write_atomic(path, json.dumps(data, indent=1).encode())
+
+
 def prepare_job(scene, context=None, target: connection.BackendTarget | None = None
                 ) -> tuple[object, jobs.JobTask, list[str]]:
     """Resolve the worker (unless ``target`` is given, e.g. by the batch), write every input under
@@ -223,9 +348,12 @@ def prepare_job(scene, context=None, target: connection.BackendTarget | None = N
     os.makedirs(inputs, exist_ok=True)
     files: dict[str, str] = {}
     try:
-        reference_mask, size = _reference_inputs(scene, inputs, files)
-        _extra_inputs(scene, inputs, files)
-        driving_mask, frame_range, fps = _driving_inputs(scene, inputs, files, size)
+        reference_mask, size = _reference_inputs(scene, inputs, files)  # first: its render fixes the colours
+        characters = job_characters(scene) if _masks_from_scene(scene) else None
+        _extra_inputs(scene, inputs, files, characters if uses_identity_colours(scene) else None)
+        driving_mask, frame_range, fps = _driving_inputs(scene, inputs, files, size, characters)
+        if characters:
+            write_job_legend(os.path.join(inputs, IDENTITIES_FILE), characters)
         spec = build_spec(GenerateSettings(
             mode=settings.mode, prompt=prompt_text(settings), negative_prompt=settings.negative_prompt,
             preset=settings.preset, size=size, steps=settings.steps, guidance=settings.guidance,

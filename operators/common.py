@@ -6,14 +6,15 @@ from collections.abc import Callable
 
 from ..addon.connection import BackendUnavailable
 from ..addon.driving import DrivingInputError
+from ..addon.identities import IdentityError
 from ..addon.importing import ImportError_
 from ..addon.masks import MaskPreviewError
 from ..addon.render import RenderInputError
 from ..addon.spec import SpecError
 from ..addon.workflow import WorkflowError
 
-USER_ERRORS = (BackendUnavailable, DrivingInputError, ImportError_, MaskPreviewError, RenderInputError, SpecError,
-               WorkflowError, OSError)
+USER_ERRORS = (BackendUnavailable, DrivingInputError, IdentityError, ImportError_, MaskPreviewError,
+               RenderInputError, SpecError, WorkflowError, OSError)
 
 
 def report_errors(operator, action: Callable[[], set[str]]) -> set[str]:

@@ -1,4 +1,5 @@
-"""Preview Masks: the worker's automatic (SAM3) masks of the driving clip and/or reference, to inspect and edit."""
+"""Preview Masks: the worker's automatic (SAM3) masks of the driving clip and/or reference, to inspect and edit;
+or, for the scene's animation, its rendered masks in the characters' identity colours."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ class SCAIL_OT_preview_masks(bpy.types.Operator):
 
     def execute(self, context):
         def action():
+            if masks.renders_masks(context.scene, self.what):
+                self.report({"INFO"}, f"Masks: {masks.preview_rendered(context.scene)}")
+                return {"FINISHED"}
             task = masks.prepare_preview(context.scene, context, self.what)
             masks.start(task)
             settings = context.scene.scail

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from ..addon import workflow
+from ..addon import identities, workflow
 from .common import register_factory, report_errors
 
 
@@ -20,7 +20,7 @@ class SCAIL_OT_render_reference(bpy.types.Operator):
             result, warning = workflow.render_reference(context.scene)
             if warning:
                 self.report({"WARNING"}, warning)
-            who = f" ({', '.join(result.characters)})" if result.characters else ""
+            who = f" ({identities.describe(result.characters)})" if result.characters else ""
             self.report({"INFO"}, f"Reference rendered {result.size[0]}x{result.size[1]}{who}: {result.image_path}")
             return {"FINISHED"}
 

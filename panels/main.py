@@ -9,7 +9,7 @@ import os
 
 import bpy
 
-from ..addon import compat, connection, masks, paths
+from ..addon import compat, connection, identities, masks, paths, render, workflow
 from ..addon.properties import ACTIVE_STATUSES
 from ..addon.workflow import PREVIEW_IMAGE
 
@@ -81,6 +81,8 @@ class SCAIL_PT_reference(SCAIL_PT_base, bpy.types.Panel):
             sub = col.row()
             sub.enabled = settings.character_collection is not None
             sub.prop(settings, "use_identity_colours")
+            if workflow.uses_identity_colours(context.scene):
+                draw_identities(layout, context.scene)
             layout.operator("scail.render_reference", icon="RENDER_STILL")
             if settings.reference_path:
                 exists = os.path.isfile(paths.absolute(settings.reference_path))
@@ -104,7 +106,7 @@ class SCAIL_PT_extra_views(SCAIL_PT_base, bpy.types.Panel):
         for index, view in enumerate(settings.extra_views):
             box = layout.box()
             row = box.row()
-            row.prop(view, "camera", text=f"View {index + 1}")
+            row.prop(view, "camera", text=f"View {index}")  # sent as extra_reference_<index>
             box.prop(view, "image_path")
         row = layout.row(align=True)
         row.operator("scail.extra_view_add", icon="ADD", text="Add")
@@ -144,7 +146,11 @@ class SCAIL_PT_driving(SCAIL_PT_base, bpy.types.Panel):
         layout.prop(settings, "driving_mask_source")
         if settings.driving_mask_source == "FILE":
             layout.prop(settings, "driving_mask_file")
-        if source != "SCENE":
+        if source == "SCENE" and settings.driving_mask_source == "RENDER":
+            box = layout.box()
+            box.operator("scail.preview_masks", text="Preview Rendered Masks", icon="MOD_MASK").what = "DRIVING"
+            draw_mask_preview_status(box, scene)
+        elif source != "SCENE":
             box = layout.box()
             box.prop(settings, "mask_prompts")
             row = box.row(align=True)
@@ -186,6 +192,29 @@ class SCAIL_PT_generate(SCAIL_PT_base, bpy.types.Panel):
             last = settings.jobs[settings.job_index] if settings.job_index < len(settings.jobs) else settings.jobs[-1]
             if last.status in {"failed", "disconnected"} and last.message:
                 draw_message(layout, last.message, "ERROR")
+
+
+def draw_identities(layout, scene) -> None:
+    """Each character (object) with the colour it wears in every mask of the job, and its own setting."""
+    box = layout.box()
+    box.label(text="Identity Colours", icon="GROUP")
+    try:
+        characters = workflow.job_characters(scene)
+    except (identities.IdentityError, render.RenderInputError) as error:
+        draw_message(box, str(error), "ERROR")
+        return
+    if not characters:
+        box.label(text="The collection has no visible objects", icon="INFO")
+    for character in characters:
+        row = box.row(align=True)
+        row.label(text=character.name, icon="OBJECT_DATA")
+        row.label(text=character.colour_name.capitalize() + ("" if character.explicit else " (auto)"))
+        obj = bpy.data.objects.get(character.name)
+        if obj is not None:
+            row.prop(obj, "scail_identity", text="")
+    legend = workflow.reference_legend(scene)
+    if legend is not None and legend.colours != identities.colour_table(characters):
+        box.label(text="Changed since the reference render: Generate updates its masks", icon="INFO")
 
 
 def draw_mask_preview_status(layout, scene) -> None:

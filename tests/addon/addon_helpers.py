@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import bpy
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 MEDIA = REPO / "tests" / "data" / "media"
@@ -159,3 +160,80 @@ def read_png(path):
     import imageio.v3 as iio
 
     return iio.imread(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Identity colours: shapes as characters, and which pixels each object covers
+
+PALETTE_NAMES = ("blue", "red", "green", "magenta", "cyan", "yellow")
+PALETTE_RGB = {"blue": (0, 0, 255), "red": (255, 0, 0), "green": (0, 255, 0), "magenta": (255, 0, 255),
+               "cyan": (0, 255, 255), "yellow": (255, 255, 0)}
+
+
+def add_shape(collection, name: str, kind: str, location) -> bpy.types.Object:
+    """A cube, UV sphere or cone of about one unit, linked into ``collection``."""
+    import bmesh
+
+    mesh = bpy.data.meshes.new(name)
+    bm = bmesh.new()
+    if kind == "cube":
+        bmesh.ops.create_cube(bm, size=1.2)
+    elif kind == "sphere":
+        bmesh.ops.create_uvsphere(bm, u_segments=16, v_segments=8, radius=0.7)
+    else:
+        bmesh.ops.create_cone(bm, cap_ends=True, segments=16, radius1=0.7, radius2=0.0, depth=1.4)
+    bm.to_mesh(mesh)
+    bm.free()
+    obj = bpy.data.objects.new(name, mesh)
+    obj.location = location
+    collection.objects.link(obj)
+    return obj
+
+
+def add_camera_at(scene, name: str, location, rotation_degrees) -> bpy.types.Object:
+    camera = bpy.data.objects.new(name, bpy.data.cameras.new(name))
+    camera.location = location
+    camera.rotation_euler = tuple(math.radians(angle) for angle in rotation_degrees)
+    scene.collection.objects.link(camera)
+    return camera
+
+
+def build_shapes_scene(shapes, resolution=(200, 100)) -> bpy.types.Scene:
+    """``shapes`` = [(name, kind, x, y)] as characters in a "Characters" collection, seen by "Front" (the
+    scene camera, at y = -9) and "Back" (at y = +9, looking the other way); the short side is 64 pixels."""
+    scene = bpy.context.scene
+    collection = bpy.data.collections.new("Characters")
+    scene.collection.children.link(collection)
+    for name, kind, x, y in shapes:
+        add_shape(collection, name, kind, (x, y, 1.0))
+    scene.camera = add_camera_at(scene, "Front", (0.0, -9.0, 1.2), (90, 0, 0))
+    add_camera_at(scene, "Back", (0.0, 9.0, 1.2), (90, 0, 180))
+    scene.render.resolution_x, scene.render.resolution_y = resolution
+    scene.render.fps = 24
+    settings = scene.scail
+    settings.size, settings.size_short_side = "CUSTOM", 64
+    settings.character_collection = collection
+    return scene
+
+
+def footprints(pkg, scene, camera, size, folder) -> dict[str, np.ndarray]:
+    """Each character's pixels at the current frame, rendered alone with the add-on's identity pass: the
+    whole object, as if nothing were in front of it."""
+    identities = pkg.addon.identities
+    found = {}
+    for name, objects in identities.groups(scene, scene.scail.character_collection).items():
+        path = str(Path(folder) / f"alone_{name}_{scene.frame_current}_{camera.name}.png")
+        pkg.addon.render.render_identity_pass(scene, camera, [identities.Character(name, tuple(objects), 0)], size,
+                                              path, legend=False)
+        found[name] = read_png(path)[..., 3] > 0
+    return found
+
+
+def colour_pixels(mask, colour_name: str):
+    """Where an RGB(A) mask holds exactly the palette colour ``colour_name``."""
+    return np.all(mask[..., :3] == PALETTE_RGB[colour_name], axis=-1)
+
+
+def count_by_colour(mask, region) -> dict[str, int]:
+    """Pixels of each palette colour inside ``region`` (a boolean array): e.g. {"blue": 212, "red": 0, ...}."""
+    return {name: int((colour_pixels(mask, name) & region).sum()) for name in PALETTE_NAMES}

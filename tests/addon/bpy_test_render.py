@@ -110,7 +110,7 @@ def test_scene_animation_renders_with_exact_identity_masks(scene, pkg, tmp_path)
     body.keyframe_insert("location", frame=4)
     animation = pkg.addon.render.render_animation(
         scene, None, "WORKBENCH", (96, 64), 1, 4, str(tmp_path / "drv"),
-        collection=scene.scail.character_collection, with_identity=True)
+        characters=pkg.addon.workflow.job_characters(scene))
     assert animation.fps == 24.0 and len(animation.frames) == 4 and len(animation.identity_frames) == 4
     xs = []
     for frame, ids in zip(animation.frames, animation.identity_frames, strict=True):

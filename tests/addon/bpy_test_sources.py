@@ -14,13 +14,6 @@ from addon_helpers import MEDIA, read_png
 CLIP = MEDIA / "carphone_pristine.mp4"
 
 
-@pytest.fixture
-def loopback(remote_prefs):
-    """A worker address that needs no running worker: preparing a job never contacts it."""
-    remote_prefs.remote_url = "http://127.0.0.1:9"
-    return remote_prefs
-
-
 def prepare(scene, pkg):
     job, task, warnings = pkg.addon.workflow.prepare_job(scene)
     assert not warnings  # the file is saved: no unsaved-file warning
@@ -112,7 +105,7 @@ def test_external_reference_image(scene, pkg, loopback, tmp_path):
         pkg.addon.workflow.prepare_job(scene)
 
 
-def test_extra_views(scene, pkg, loopback):
+def test_extra_views_are_numbered_from_zero_in_list_order(scene, pkg, loopback):
     side = bpy.data.objects.new("SideCam", bpy.data.cameras.new("SideCam"))
     side.location, side.rotation_euler = (9.0, 0.0, 1.2), (1.5708, 0.0, 1.5708)
     scene.collection.objects.link(side)
@@ -122,12 +115,25 @@ def test_extra_views(scene, pkg, loopback):
     assert bpy.ops.scail.extra_view_add() == {"FINISHED"}
     assert scene.scail.extra_views[0].camera == side
     assert bpy.ops.scail.render_extra_views() == {"FINISHED"}
+    assert bpy.path.basename(scene.scail.extra_views[0].image_path) == "extra_0.png"
     scene.scail.driving_source, scene.scail.driving_file = "FILE", str(CLIP)
     _job, task = prepare(scene, pkg)
-    assert {"extra_reference_1", "extra_reference_mask_1"} <= set(task.files)
-    extra = read_png(task.files["extra_reference_1"])
+    assert {f for f in task.files if f.startswith("extra_")} == {"extra_reference_0", "extra_reference_mask_0"}
+    extra = read_png(task.files["extra_reference_0"])
     assert extra.shape == (64, 96, 4) and (extra[..., 3] > 0).any()
-    assert bpy.ops.scail.extra_view_remove() == {"FINISHED"} and not scene.scail.extra_views
+    # A second view with a camera but no image yet is rendered on Generate and sent as number 1.
+    second = scene.scail.extra_views.add()
+    second.camera = scene.camera
+    _job, task = prepare(scene, pkg)
+    assert {f for f in task.files if f.startswith("extra_")} == {"extra_reference_0", "extra_reference_mask_0",
+                                                                  "extra_reference_1", "extra_reference_mask_1"}
+    assert bpy.path.basename(task.files["extra_reference_1"]) == "extra_1.png"
+    # A view with neither a camera nor an image: the message names it.
+    scene.scail.extra_views.add()
+    with pytest.raises(pkg.addon.workflow.WorkflowError, match="extra view 2 has no camera and no image"):
+        pkg.addon.workflow.prepare_job(scene)
+    scene.scail.extra_view_index = 2
+    assert bpy.ops.scail.extra_view_remove() == {"FINISHED"} and len(scene.scail.extra_views) == 2
 
 
 def test_unsaved_file_goes_to_an_absolute_folder_with_a_warning(addon, pkg, loopback):

@@ -89,6 +89,12 @@ if INNER:
         prefs.backend, prefs.remote_url, prefs.remote_token = saved[:3]
         bpy.context.preferences.system.use_online_access = saved[3]
 
+    @pytest.fixture
+    def loopback(remote_prefs):
+        """A worker address that needs no running worker: preparing a job never contacts it."""
+        remote_prefs.remote_url = "http://127.0.0.1:9"
+        return remote_prefs
+
     def pytest_sessionfinish(session, exitstatus):
         session.config._scail_status = int(exitstatus)
 
