@@ -146,6 +146,13 @@ def describe(characters: Sequence[Character]) -> str:
     return ", ".join(f"{c.name} {c.colour_name}" for c in characters)
 
 
+def write_assignment(path: str, characters: Sequence[Character]) -> None:
+    """Which objects wear which colour in a job's masks (kept with its inputs and previews, never uploaded)."""
+    data = {"characters": [{"name": c.name, "colour": c.colour_name, "rgb": list(c.rgb), "explicit": c.explicit,
+                            "objects": [o.name for o in c.objects]} for c in characters]}
+    pngio.write_atomic(path, json.dumps(data, indent=1).encode())
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Legends: the colours an identity pass was rendered with, next to it as ``<pass>.json``
 

@@ -167,7 +167,7 @@ def preview_rendered(scene) -> str:
             workflow.refresh_identity_pass(scene, identity_path, characters)
             render.mask_from_identity_pass(identity_path, mask_background(settings.mode, "reference"),
                                            os.path.join(staging, "reference_mask.png"))
-        workflow.write_job_legend(os.path.join(staging, "masks.json"), characters)
+        identities.write_assignment(os.path.join(staging, "masks.json"), characters)
         shutil.rmtree(os.path.join(staging, "passes"))
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(staging, out_dir)

@@ -5,7 +5,6 @@ Operators are thin wrappers around these; the batch tools and scripts can call t
 
 from __future__ import annotations
 
-import json
 import os
 
 import bpy
@@ -326,13 +325,6 @@ def _masks_from_scene(scene) -> bool:
                                           and settings.driving_mask_source == "RENDER")
 
 
-def write_job_legend(path: str, characters: list[Character]) -> None:
-    """Which object wears which colour in this job's masks, kept with its inputs (never uploaded)."""
-    data = {"characters": [{"name": c.name, "colour": c.colour_name, "rgb": list(c.rgb), "explicit": c.explicit,
-                            "objects": [o.name for o in c.objects]} for c in characters]}
-    pngio.write_atomic(path, json.dumps(data, indent=1).encode())
-
-
 def prepare_job(scene, context=None, target: connection.BackendTarget | None = None
                 ) -> tuple[object, jobs.JobTask, list[str]]:
     """Resolve the worker (unless ``target`` is given, e.g. by the batch), write every input under
@@ -353,7 +345,7 @@ def prepare_job(scene, context=None, target: connection.BackendTarget | None = N
         _extra_inputs(scene, inputs, files, characters if uses_identity_colours(scene) else None)
         driving_mask, frame_range, fps = _driving_inputs(scene, inputs, files, size, characters)
         if characters:
-            write_job_legend(os.path.join(inputs, IDENTITIES_FILE), characters)
+            identities.write_assignment(os.path.join(inputs, IDENTITIES_FILE), characters)
         spec = build_spec(GenerateSettings(
             mode=settings.mode, prompt=prompt_text(settings), negative_prompt=settings.negative_prompt,
             preset=settings.preset, size=size, steps=settings.steps, guidance=settings.guidance,

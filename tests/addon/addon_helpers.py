@@ -216,6 +216,13 @@ def build_shapes_scene(shapes, resolution=(200, 100)) -> bpy.types.Scene:
     return scene
 
 
+def key_x(obj, path: dict[int, float]) -> None:
+    """Keyframe ``obj``'s x location at each frame of ``path`` (frame -> x)."""
+    for frame, x in path.items():
+        obj.location.x = x
+        obj.keyframe_insert("location", index=0, frame=frame)
+
+
 def footprints(pkg, scene, camera, size, folder) -> dict[str, np.ndarray]:
     """Each character's pixels at the current frame, rendered alone with the add-on's identity pass: the
     whole object, as if nothing were in front of it."""
@@ -237,3 +244,25 @@ def colour_pixels(mask, colour_name: str):
 def count_by_colour(mask, region) -> dict[str, int]:
     """Pixels of each palette colour inside ``region`` (a boolean array): e.g. {"blue": 212, "red": 0, ...}."""
     return {name: int((colour_pixels(mask, name) & region).sum()) for name in PALETTE_NAMES}
+
+
+def assert_worn(pkg, scene, camera, mask, expected: dict[str, str], folder, in_front: dict | None = None) -> dict:
+    """Each object in ``expected`` wears exactly its colour where it is seen, and no other object wears it.
+
+    ``in_front`` maps an object to those that hide it. Returns the pixel counts per object and colour.
+    """
+    alone = footprints(pkg, scene, camera, (mask.shape[1], mask.shape[0]), folder)
+    counts = {}
+    for name, colour in expected.items():
+        seen = alone[name].copy()
+        for other in (in_front or {}).get(name, ()):
+            seen &= ~alone[other]
+        counts[name] = count_by_colour(mask, alone[name])
+        same = np.array_equal(colour_pixels(mask, colour), seen)
+        assert same, f"{name} must be {colour} on its {int(seen.sum())} seen pixels; by colour: {counts[name]}"
+    anywhere = np.zeros(mask.shape[:2], bool)
+    for name in PALETTE_NAMES:
+        if name not in expected.values():
+            anywhere |= colour_pixels(mask, name)
+    assert not anywhere.any()  # no pixel wears a colour nobody was given
+    return counts

@@ -1,7 +1,7 @@
 """One identity colour per character for the whole job, on real renders: every view and every driving frame
 gives each object the colour it was assigned, wherever it is on screen.
 
-Each check compares a mask with the object's own pixels (the object rendered alone, see ``footprints``): the
+Each check compares a mask with the object's own pixels (the object rendered alone, see ``assert_worn``): the
 pixels of a character's colour must be exactly the pixels where that character is seen.
 """
 
@@ -15,13 +15,12 @@ import bpy
 import numpy as np
 import pytest
 from addon_helpers import (
-    PALETTE_NAMES,
     add_shape,
+    assert_worn,
     build_shapes_scene,
     colour_pixels,
-    count_by_colour,
     draw_all_panels,
-    footprints,
+    key_x,
     read_png,
 )
 
@@ -36,29 +35,6 @@ def three(addon, tmp_path):
     scene = build_shapes_scene(THREE)
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "three.blend"))
     return scene
-
-
-def assert_worn(pkg, scene, camera, mask, expected: dict[str, str], folder, in_front: dict | None = None) -> dict:
-    """Each object in ``expected`` wears exactly its colour where it is seen, and no other object wears it.
-
-    ``in_front`` maps an object to those that hide it. Returns the pixel counts per object and colour.
-    """
-    assert mask.shape[:2] == (64, 128)
-    alone = footprints(pkg, scene, camera, (128, 64), folder)
-    counts = {}
-    for name, colour in expected.items():
-        seen = alone[name].copy()
-        for other in (in_front or {}).get(name, ()):
-            seen &= ~alone[other]
-        counts[name] = count_by_colour(mask, alone[name])
-        same = np.array_equal(colour_pixels(mask, colour), seen)
-        assert same, f"{name} must be {colour} on its {int(seen.sum())} seen pixels; by colour: {counts[name]}"
-    anywhere = np.zeros(mask.shape[:2], bool)
-    for name in PALETTE_NAMES:
-        if name not in expected.values():
-            anywhere |= colour_pixels(mask, name)
-    assert not anywhere.any()  # no pixel wears a colour nobody was given
-    return counts
 
 
 def test_three_characters_keep_their_colours_from_the_front_and_from_behind(three, pkg, loopback, tmp_path, capfd):
@@ -131,10 +107,7 @@ def test_two_characters_crossing_keep_their_colours_in_every_frame(addon, pkg, l
     bpy.ops.wm.read_homefile(use_empty=True)
     scene = build_shapes_scene([("Cube", "cube", CUBE_PATH[1], -1.5), ("Sphere", "sphere", 0.0, 0.0)])
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "crossing.blend"))
-    cube = bpy.data.objects["Cube"]
-    for frame, x in CUBE_PATH.items():
-        cube.location.x = x
-        cube.keyframe_insert("location", index=0, frame=frame)
+    key_x(bpy.data.objects["Cube"], CUBE_PATH)
     scene.frame_set(1)
     settings = scene.scail
     settings.driving_source, settings.driving_mask_source = "SCENE", "RENDER"

@@ -3,10 +3,13 @@ shots, moving and replacing results, and one bad shot among good ones."""
 
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 
 import bpy
 import pytest
+from addon_helpers import assert_worn, build_shapes_scene, key_x, read_png
 from batch_helpers import backgrounds_of, job_ids, setup_shots, strip_of
 
 
@@ -109,3 +112,39 @@ def test_a_corrupt_clip_and_a_rejected_job_fail_clearly_while_the_others_land(sc
     folders = set(os.listdir(bpy.path.abspath("//scail"))) - {"shots"}
     assert folders == {job.key for job in scene.scail.jobs}
     assert sorted(job.status for job in scene.scail.jobs) == ["failed", "succeeded", "succeeded"]
+
+
+def test_shots_of_the_scene_animation_keep_each_characters_colour(addon, batch_prefs, pkg, tmp_path):
+    """Two shots of a cube crossing a sphere, one from the front and one from behind: in each shot's job the
+    reference mask and every driving frame give each object the colour its reference render assigned."""
+    bpy.ops.wm.read_homefile(use_empty=True)
+    scene = build_shapes_scene([("Cube", "cube", -2.0, -1.5), ("Sphere", "sphere", 0.0, 0.0)])
+    key_x(bpy.data.objects["Cube"], {1: -2.0, 2: -1.0, 3: 0.6, 4: 1.5, 5: 2.2, 6: -2.0})
+    settings = scene.scail
+    settings.driving_source, settings.driving_mask_source = "SCENE", "RENDER"
+    settings.steps, settings.seed = 1, 7
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "crossing.blend"))
+    shots = setup_shots(scene, [("Front", 1, 1), ("Back", 4, 1)])
+
+    assert bpy.ops.scail.batch_render() == {"FINISHED"}
+
+    # From the front the cube starts on the left; from behind, at frame 4, it is on the sphere's left too.
+    for shot in shots:
+        assert shot.status == "succeeded", shot.message
+        job = next(job for job in scene.scail.jobs if job.key == shot.result_key)
+        inputs = os.path.join(bpy.path.abspath(job.output_dir), "inputs")
+        legend = json.load(open(os.path.join(inputs, "identities.json")))
+        expected = {c["name"]: c["colour"] for c in legend["characters"]}
+        assert expected == {"Cube": "blue", "Sphere": "red"}
+        scene.frame_set(shot.frame_start)
+        assert_worn(pkg, scene, shot.camera, read_png(os.path.join(inputs, "reference_mask.png")), expected,
+                    tmp_path)
+        with zipfile.ZipFile(os.path.join(inputs, "driving_mask.zip")) as archive:
+            names = sorted(archive.namelist())
+            archive.extractall(tmp_path / shot.name)
+        assert len(names) == shot.frame_end - shot.frame_start + 1
+        for frame, name in enumerate(names, start=shot.frame_start):
+            scene.frame_set(frame)
+            assert_worn(pkg, scene, shot.camera, read_png(tmp_path / shot.name / name), expected, tmp_path,
+                        in_front={"Sphere": ["Cube"]} if shot.name == "Front" else {"Cube": ["Sphere"]})
+    scene.frame_set(1)
