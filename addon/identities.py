@@ -106,10 +106,6 @@ def resolve(scene, collection, camera, recorded: Mapping[str, int] | None = None
     reference render (None when rendering that reference).
     """
     found = groups(scene, collection)
-    if not found:
-        return []
-    if collection is None:
-        return [Character(WHOLE_SCENE, tuple(found[WHOLE_SCENE]), 0)]
     explicit = {name: explicit_colour(bpy.data.objects.get(name)) for name in found}
     colours = {name: colour for name, colour in explicit.items() if colour is not None}
     taken = set(colours.values())
@@ -122,9 +118,9 @@ def resolve(scene, collection, camera, recorded: Mapping[str, int] | None = None
     free = [index for index in range(len(PALETTE)) if index not in taken]
     if len(new) > len(free):
         raise IdentityError(
-            f"{len(found)} characters need identity colours but the palette has {len(PALETTE)} and "
-            f"{len(PALETTE) - len(free)} are taken: give characters that may share an identity the same colour "
-            "(Identity Colours in the SCAIL Reference panel), or turn Identity Colours off")
+            f"{len(new)} Auto characters need a colour but only {len(free)} of the palette's {len(PALETTE)} are "
+            "free: give characters that may share an identity the same colour (Identity Colours in the SCAIL "
+            "Reference panel), or turn Identity Colours off")
     colours.update(zip(new, free, strict=False))
     characters = [Character(name, tuple(objects), colours[name], explicit[name] is not None)
                   for name, objects in found.items()]

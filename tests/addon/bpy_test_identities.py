@@ -99,8 +99,10 @@ def test_explicit_colours_win_show_in_the_panel_and_update_rendered_masks(three,
     # More Auto characters than free colours: a clear error, nothing rendered.
     for number in range(4):
         add_shape(scene.scail.character_collection, f"Extra{number}", "cube", (-3.0 + number, 2.0, 1.0))
-    with pytest.raises(RuntimeError, match="palette has 6"):
+    before = os.stat(bpy.path.abspath(scene.scail.reference_path)).st_mtime_ns
+    with pytest.raises(RuntimeError, match="5 Auto characters need a colour but only 4 of the palette.s 6 are free"):
         bpy.ops.scail.render_reference()
+    assert os.stat(bpy.path.abspath(scene.scail.reference_path)).st_mtime_ns == before
 
 
 def test_two_characters_crossing_keep_their_colours_in_every_frame(addon, pkg, loopback, tmp_path):
