@@ -88,8 +88,8 @@ def run_rank(args: argparse.Namespace) -> int:
     import scail2_bench as bench
 
     from backend.scail2.accel import PerformanceSettings, apply_performance_settings
-    from backend.scail2.pipeline import Scail2Pipeline
-    from backend.scail2.presets import SamplingSettings
+    from backend.scail2.pipelines.pipeline_scail2 import Scail2Pipeline
+    from backend.scail2.schedulers.presets import SamplingSettings
 
     runtime = init_parallel(cfg_parallel=args.cfg_parallel, backend=None if args.device == "cuda" else "gloo")
     device = runtime.device

@@ -53,16 +53,16 @@ from backend.scail2.accel import (  # noqa: E402
     set_attention_backend,
     transformer_blocks,
 )
-from backend.scail2.conditioning import GenerationRequest  # noqa: E402
-from backend.scail2.image_encoder import ClipImageEncoder, ClipVisionConfig  # noqa: E402
-from backend.scail2.media import VideoClip  # noqa: E402
-from backend.scail2.pipeline import Scail2Pipeline  # noqa: E402
-from backend.scail2.presets import SamplingSettings  # noqa: E402
-from backend.scail2.text_encoder import T5EncoderConfig, UMT5TextEncoder, load_tokenizer  # noqa: E402
-from backend.scail2.tiny import TINY_CONFIGS, write_tiny_tokenizer  # noqa: E402
-from backend.scail2.transformer_scail2 import SCAIL2Transformer, config_from_official  # noqa: E402
-from backend.scail2.vae import WanVAEConfig, WanVideoVAE  # noqa: E402
-from backend.scail2.weights import meta_init  # noqa: E402
+from backend.scail2.conditioning.media import VideoClip  # noqa: E402
+from backend.scail2.conditioning.request import GenerationRequest  # noqa: E402
+from backend.scail2.loaders.weights import meta_init  # noqa: E402
+from backend.scail2.models.image_encoder import ClipImageEncoder, ClipVisionConfig  # noqa: E402
+from backend.scail2.models.text_encoder import T5EncoderConfig, UMT5TextEncoder, load_tokenizer  # noqa: E402
+from backend.scail2.models.transformer_scail2 import SCAIL2Transformer, config_from_official  # noqa: E402
+from backend.scail2.models.vae import WanVAEConfig, WanVideoVAE  # noqa: E402
+from backend.scail2.pipelines.pipeline_scail2 import Scail2Pipeline  # noqa: E402
+from backend.scail2.schedulers.presets import SamplingSettings  # noqa: E402
+from backend.scail2.testing.tiny import TINY_CONFIGS, write_tiny_tokenizer  # noqa: E402
 
 FRAMES = 81
 PROMPT = "a dancer in a red dress spins on a bright stage, soft light, the camera follows her"
@@ -300,9 +300,9 @@ def time_window(pipe: Scail2Pipeline, request: GenerationRequest, device: torch.
 
 def time_stages(pipe: Scail2Pipeline, request: GenerationRequest, device: torch.device) -> dict[str, Any]:
     """Each non-DiT stage of a window on its own, synchronised: where the time outside the forwards goes."""
-    from backend.scail2.conditioning import prepare_inputs
-    from backend.scail2.masks import halve_bilinear
-    from backend.scail2.pipeline import frames_to_uint8
+    from backend.scail2.conditioning.masks import halve_bilinear
+    from backend.scail2.conditioning.request import prepare_inputs
+    from backend.scail2.pipelines.pipeline_scail2 import frames_to_uint8
 
     def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
         if device.type == "cuda":

@@ -160,7 +160,7 @@ def _self_contained_run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="scail_load_"))
     checkpoint = args.checkpoint
     if checkpoint is None:
-        from backend.scail2.tiny import write_tiny_checkpoint
+        from backend.scail2.testing.tiny import write_tiny_checkpoint
 
         checkpoint = write_tiny_checkpoint(work / "tiny")
     photo = np.asarray(Image.open(MEDIA / "astronaut.png").convert("RGB").resize((128, 128)))

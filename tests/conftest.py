@@ -43,7 +43,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Treat it as read-only: tests that damage files must copy it first (see ``tiny_checkpoint_copy``).
     """
-    from backend.scail2.tiny import write_tiny_checkpoint
+    from backend.scail2.testing.tiny import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "SCAIL-2", layout="official", seed=0)
 

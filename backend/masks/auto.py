@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from backend.scail2.media import VideoClip
+from backend.scail2.conditioning.media import VideoClip
 
 from .driving import Progress, make_driving_mask
 from .reference import has_useful_alpha, make_reference_mask

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from backend.scail2.masks import BLACK, PALETTE_NAMES, WHITE, MaskReport, inspect_mask
+from backend.scail2.conditioning.masks import BLACK, PALETTE_NAMES, WHITE, MaskReport, inspect_mask
 
 # Each channel within 29 of 0 or 255: on means > 225 exactly as the model thresholds, off mirrors it.
 UNAMBIGUOUS_TOLERANCE = 29

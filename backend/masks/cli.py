@@ -1,4 +1,4 @@
-"""Automatic masks from the command line, and the ``--driving-mask auto`` hook for ``scail2-generate``.
+"""Automatic masks from the command line.
 
     python -m backend.masks.cli --sam3 ~/models/sam3 --mode animation \\
         --reference ref.png --driving dance.mp4 --prompts "person, character" --out masks/
@@ -7,16 +7,12 @@ writes ``masks/reference_mask.png``, ``masks/driving_mask.mkv`` (FFV1, lossless,
 PNG folder instead) and ``masks/masks.json`` (identities, checks, warnings). Inspect them, fix what is wrong, and
 pass them to ``scail2-generate --reference-mask ... --driving-mask ...``.
 
-``scail2-generate`` can make them on the fly: ``add_auto_mask_arguments(parser)`` adds ``--sam3 DIR``,
-``--mask-prompts``, ``--mask-identities`` and ``--mask-colours``; with ``--driving-mask auto`` and/or
-``--reference-mask auto``, ``AutoMaskHook.take(args)`` before ``build_request(args)`` and ``hook.apply(request)``
-after it fill the masks in.
+``scail2-generate --driving-mask auto`` makes them on the fly with the same options (`arguments`).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -24,109 +20,9 @@ from typing import Any
 
 from backend.scail2.errors import Scail2Error
 
-from .settings import DEFAULT_PROMPTS, MaskSettings
+from .arguments import add_auto_mask_arguments, load_segmenter, settings_from_args
 
-AUTO = "auto"
 EXIT_USER_ERROR = 2
-
-
-def add_auto_mask_arguments(parser: argparse.ArgumentParser) -> None:
-    """The SAM3 options shared by this CLI and ``scail2-generate``."""
-    group = parser.add_argument_group("automatic masks (SAM3)")
-    group.add_argument("--sam3", type=Path, default=None, help="SAM3 weights folder (facebook/sam3 layout)")
-    group.add_argument(
-        "--mask-prompts",
-        default=", ".join(DEFAULT_PROMPTS),
-        help="comma-separated SAM3 text prompts naming the subjects (default: %(default)s)",
-    )
-    group.add_argument(
-        "--mask-identities",
-        type=int,
-        default=None,
-        help="most subjects to colour (default 2 animation, 1 replacement)",
-    )
-    group.add_argument(
-        "--mask-colours",
-        default=None,
-        help="colour per subject, left to right, e.g. 'red,blue' (default blue, red, green, magenta, cyan, yellow)",
-    )
-    group.add_argument(
-        "--mask-threshold",
-        type=float,
-        default=None,
-        help="SAM3 detection threshold (default: the checkpoint's)",
-    )
-
-
-def settings_from_args(args: argparse.Namespace) -> MaskSettings:
-    return MaskSettings.build(
-        args.mode,
-        prompts=args.mask_prompts,
-        max_identities=args.mask_identities,
-        colours=args.mask_colours,
-        detection_threshold=args.mask_threshold,
-    )
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _load(folder: Path | None, device: str | None):
-    import torch
-
-    from .sam3_loader import load_sam3
-
-    device = device or _default_device()
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return load_sam3(folder, device=device, dtype=dtype)
-
-
-@dataclasses.dataclass
-class AutoMaskHook:
-    """Which masks ``scail2-generate`` should make itself; ``take`` removes the ``auto`` values from ``args``."""
-
-    settings: MaskSettings | None = None
-    folder: Path | None = None
-    device: str | None = None
-    reference: bool = False
-    driving: bool = False
-
-    @classmethod
-    def take(cls, args: argparse.Namespace) -> AutoMaskHook:
-        hook = cls()
-        for role in ("reference", "driving"):
-            name = f"{role}_mask"
-            if getattr(args, name, None) is not None and str(getattr(args, name)) == AUTO:
-                setattr(hook, role, True)
-                setattr(args, name, None)
-        if hook.reference or hook.driving:
-            hook.settings = settings_from_args(args)
-            hook.folder = args.sam3
-            hook.device = getattr(args, "device", None)
-        return hook
-
-    def apply(self, request: Any) -> Any:
-        """The request with its ``auto`` masks made (SAM3 is loaded only if an input needs it, then freed)."""
-        if not (self.reference or self.driving):
-            return request
-        from .auto import make_auto_masks, needs_sam3
-
-        reference = request.reference if self.reference else None
-        driving = request.driving if self.driving else None
-        segmenter = _load(self.folder, self.device) if needs_sam3(reference, driving) else None
-        masks = make_auto_masks(self.settings, segmenter, reference=reference, driving=driving)
-        del segmenter
-        for warning in masks.warnings:
-            print(f"masks: warning: {warning}", file=sys.stderr)
-        changes = {}
-        if masks.reference is not None:
-            changes["reference_mask"] = masks.reference.image
-        if masks.driving is not None:
-            changes["driving_mask"] = masks.driving.clip
-        return dataclasses.replace(request, **changes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Make and write the masks ``args`` asks for; returns the ``masks.json`` summary."""
-    from backend.scail2.media import read_clip, read_image, write_image
+    from backend.scail2.conditioning.media import read_clip, read_image, write_image
 
     from .auto import make_auto_masks, needs_sam3
     from .driving import write_mask_clip
@@ -157,7 +53,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = settings_from_args(args)
     reference = read_image(args.reference, field="reference") if args.reference else None
     driving = read_clip(args.driving, field="driving", fps=args.fps) if args.driving else None
-    segmenter = _load(args.sam3, args.device) if needs_sam3(reference, driving) else None
+    segmenter = load_segmenter(args.sam3, args.device) if needs_sam3(reference, driving) else None
     masks = make_auto_masks(settings, segmenter, reference=reference, driving=driving)
     out = args.out.expanduser()
     out.mkdir(parents=True, exist_ok=True)

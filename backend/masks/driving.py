@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backend.scail2.conditioning.masks import background_colour
+from backend.scail2.conditioning.media import VideoClip, write_png_sequence
 from backend.scail2.errors import Scail2InputError
-from backend.scail2.masks import background_colour
-from backend.scail2.media import VideoClip, write_png_sequence
 
 from .check import check_mask
 from .results import MaskResult, describe_identities

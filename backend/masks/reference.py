@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from backend.scail2.conditioning.masks import background_colour, mask_from_alpha
 from backend.scail2.errors import Scail2InputError
-from backend.scail2.masks import background_colour, mask_from_alpha
 
 from .check import check_mask
 from .results import MaskResult, describe_identities

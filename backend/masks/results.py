@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from backend.scail2.masks import PALETTE_NAMES
-from backend.scail2.media import VideoClip
+from backend.scail2.conditioning.masks import PALETTE_NAMES
+from backend.scail2.conditioning.media import VideoClip
 
 from .check import MaskCheck
 from .tracking import Track

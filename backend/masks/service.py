@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from backend.scail2.conditioning.masks import mask_from_alpha
+from backend.scail2.conditioning.media import VideoClip, read_clip, read_image, write_image
 from backend.scail2.errors import Scail2InputError
-from backend.scail2.masks import mask_from_alpha
-from backend.scail2.media import VideoClip, read_clip, read_image, write_image
 
 from .auto import AutoMasks, make_auto_masks, needs_sam3
 from .driving import Progress, write_mask_clip

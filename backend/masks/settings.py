@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from backend.scail2.conditioning.masks import Mode
 from backend.scail2.errors import Scail2InputError
-from backend.scail2.masks import Mode
 
 from .tracking import DEFAULT_MAX_IDENTITIES, MIN_AREA_FRACTION, parse_colour
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backend.scail2.masks import PALETTE_NAMES, PALETTE_RGB, Mode
+from backend.scail2.conditioning.masks import PALETTE_NAMES, PALETTE_RGB, Mode
 
 # Official SCAIL preprocessing: ``max_persons`` 2 for animation, 1 for replacement.
 DEFAULT_MAX_IDENTITIES: dict[str, int] = {"animation": 2, "replacement": 1}

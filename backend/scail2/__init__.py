@@ -1,7 +1,9 @@
 """SCAIL-2 inference engine (torch, diffusers, transformers). Never imported by Blender-side code.
 
 The contract names of docs/ARCHITECTURE.md are importable from here. They load lazily, so importing the package
-(e.g. for its error types) does not import torch.
+(e.g. for its error types) does not import torch. The sub-packages group the engine by what each part is
+(``models``, ``loaders``, ``conditioning``, ``schedulers``, ``pipelines``, ``accel``, ``parallel``, ``testing``);
+docs/ARCHITECTURE.md ("Engine layout", "Layers") maps them and the order their imports follow.
 """
 
 from __future__ import annotations
@@ -12,16 +14,16 @@ from typing import TYPE_CHECKING
 from .errors import CheckpointError, GenerationCancelled, Scail2Error, Scail2InputError
 
 _LAZY_EXPORTS = {
-    "Scail2Pipeline": "pipeline",
-    "ProgressEvent": "pipeline",
-    "WindowResult": "pipeline",
-    "GenerationResult": "pipeline",
-    "GenerationRequest": "conditioning",
-    "ExtraReference": "conditioning",
-    "VideoClip": "media",
-    "SamplingSettings": "presets",
-    "PRESETS": "presets",
-    "write_frames_atomic": "output",
+    "Scail2Pipeline": "pipelines.pipeline_scail2",
+    "ProgressEvent": "pipelines.pipeline_scail2",
+    "WindowResult": "pipelines.pipeline_scail2",
+    "GenerationResult": "pipelines.pipeline_scail2",
+    "GenerationRequest": "conditioning.request",
+    "ExtraReference": "conditioning.request",
+    "VideoClip": "conditioning.media",
+    "SamplingSettings": "schedulers.presets",
+    "PRESETS": "schedulers.presets",
+    "write_frames_atomic": "pipelines.output",
 }
 
 __all__ = [
@@ -42,11 +44,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .conditioning import ExtraReference, GenerationRequest
-    from .media import VideoClip
-    from .output import write_frames_atomic
-    from .pipeline import GenerationResult, ProgressEvent, Scail2Pipeline, WindowResult
-    from .presets import PRESETS, SamplingSettings
+    from .conditioning.media import VideoClip
+    from .conditioning.request import ExtraReference, GenerationRequest
+    from .pipelines.output import write_frames_atomic
+    from .pipelines.pipeline_scail2 import GenerationResult, ProgressEvent, Scail2Pipeline, WindowResult
+    from .schedulers.presets import PRESETS, SamplingSettings
 
 
 def __getattr__(name: str):

@@ -14,11 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from .conditioning import ExtraReference, GenerationRequest, validate_request
+from .conditioning.media import read_clip, read_image
+from .conditioning.request import ExtraReference, GenerationRequest, validate_request
 from .errors import GenerationCancelled, Scail2Error
-from .media import read_clip, read_image
-from .presets import PRESET_NAMES, SamplingSettings
-from .schedulers import SAMPLERS
+from .schedulers.presets import PRESET_NAMES, SamplingSettings
+from .schedulers.samplers import SAMPLERS
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -97,11 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     # --attention-backend, --fp8, --compile, --low-vram ... (defaults from the GPU's memory, docs/PERFORMANCE.md).
-    from .performance_options import add_performance_arguments
+    from .accel.options import add_performance_arguments
 
     add_performance_arguments(parser)
     # "--reference-mask auto" / "--driving-mask auto" make the masks with SAM3 (backend.masks).
-    from backend.masks.cli import add_auto_mask_arguments
+    from backend.masks.arguments import add_auto_mask_arguments
 
     add_auto_mask_arguments(parser)
     return parser
@@ -175,7 +175,7 @@ def _prepare_performance(pipe, settings, request: GenerationRequest) -> dict:
     With ``--fp8`` the request's LoRAs are fused before the conversion and pinned: the fp8 layers keep no bf16
     weight to fuse into later, so the generation must (and does) run with exactly these strengths.
     """
-    from .performance_options import performance_report, prepare_pipeline
+    from .accel.options import performance_report, prepare_pipeline
 
     loras = request.effective_loras if settings.fp8_linear else None
     preset = request.sampling.preset if request.loras is None else None
@@ -218,26 +218,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
-        from .output import write_frames_atomic
-        from .pipeline import Scail2Pipeline
+        from .parallel import parallelize_from_environment
+        from .pipelines.output import write_frames_atomic
+        from .pipelines.pipeline_scail2 import Scail2Pipeline
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype_name = args.dtype or ("bf16" if device.startswith("cuda") else "fp32")
         out = args.out.expanduser()
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
             raise Scail2Error(f"{out} is not empty; choose another --out or pass --overwrite")
-        from backend.masks.cli import AutoMaskHook
+        from backend.masks.arguments import AutoMaskHook
 
         auto_masks = AutoMaskHook.take(args)  # removes the 'auto' values so build_request reads only files
         request = auto_masks.apply(build_request(args))
         validate_request(request)  # fail on bad inputs before the (slow) model load
-        from .performance_options import settings_for, transformer_load_device
+        from .accel.options import settings_for, transformer_load_device
 
         settings = settings_for(device, args)
         pipe = Scail2Pipeline.from_pretrained(
             args.checkpoint, device=device, dtype=getattr(torch, DTYPES[dtype_name]),
             transformer_device=transformer_load_device(settings, device),
         )
+        # Under torchrun the DiT's forwards are split across the launched processes (a no-op otherwise).
+        parallelize_from_environment(pipe.transformer)
         performance = _prepare_performance(pipe, settings, request)
         result = pipe.generate(request, progress=bar)
         bar.close()

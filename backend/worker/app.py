@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend.scail2.performance_options import pinned_loras
+from backend.scail2.accel.options import pinned_loras
 
 from . import API_VERSION, jobs
 from .errors import ApiError, invalid

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SAM3 weights folder (facebook/sam3 layout): enables 'auto' masks and POST /v1/masks")
     serve.add_argument("--log-file", type=Path, default=None, help="also write the JSON log lines here")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    from backend.scail2.performance_options import add_performance_arguments
+    from backend.scail2.accel.options import add_performance_arguments
 
     performance = add_performance_arguments(serve)
     performance.add_argument("--loras", default=None, metavar="NAME=S,...",
@@ -153,8 +153,8 @@ def _prepare_performance(pipeline, device: str, settings, start_loras: dict[str,
     import torch
 
     from backend.scail2 import Scail2InputError
-    from backend.scail2.performance_options import format_loras, performance_report, prepare_pipeline
-    from backend.scail2.presets import SamplingSettings
+    from backend.scail2.accel.options import format_loras, performance_report, prepare_pipeline
+    from backend.scail2.schedulers.presets import SamplingSettings
 
     from .warmup import parse_warmup, warm_up
 
@@ -193,7 +193,7 @@ def serve(args: argparse.Namespace) -> int:
         return _fail("--ssl-certfile and --ssl-keyfile go together")
     if not args.checkpoint.is_dir():
         return _fail(f"--checkpoint {args.checkpoint}: not a folder", 3)
-    from backend.scail2.performance_options import parse_loras, performance_overrides
+    from backend.scail2.accel.options import parse_loras, performance_overrides
 
     from .warmup import parse_warmup
 
@@ -245,16 +245,16 @@ def serve(args: argparse.Namespace) -> int:
     store.recover()
     log.info("loading checkpoint", extra={"checkpoint": str(args.checkpoint), "device": device, "dtype": dtype_name,
                                          "token_fingerprint": token_fingerprint(token)})
-    from backend.scail2.performance_options import settings_for, transformer_load_device
+    from backend.scail2.accel.options import settings_for, transformer_load_device
 
     # Resolved before loading: low-VRAM loads the DiT into host memory. With --gpus N every rank applies them.
     settings = settings_for(device, args)
     started = time.monotonic()
     try:
-        from backend.scail2.pipeline import Scail2Pipeline
+        from backend.scail2.pipelines.pipeline_scail2 import Scail2Pipeline
 
         if args.gpus > 1:
-            from backend.scail2.parallel.launcher import MultiProcessPipeline
+            from backend.scail2.pipelines.multi_process import MultiProcessPipeline
 
             pipeline = MultiProcessPipeline.start(args.checkpoint, processes=args.gpus,
                                                   device=torch.device(device).type, dtype=getattr(torch, dtype_name),

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.scail2.performance_options import pinned_loras
+from backend.scail2.accel.options import pinned_loras
 
 from .logs import get_logger
 from .schemas import JobSpec
@@ -75,7 +75,7 @@ def write_result(frames: np.ndarray, fps: float, job_dir: Path) -> dict[str, Any
     """Write frames/NNNNNN.png, result.mp4, result.zip and manifest.json into ``job_dir/result`` atomically."""
     from PIL import Image
 
-    from backend.scail2.media import write_mp4
+    from backend.scail2.conditioning.media import write_mp4
 
     staging = job_dir / "result.staging"
     shutil.rmtree(staging, ignore_errors=True)
@@ -360,7 +360,7 @@ class JobRunner:
 
 
 def _window_type() -> type:
-    from backend.scail2.pipeline import WindowResult
+    from backend.scail2.pipelines.pipeline_scail2 import WindowResult
 
     return WindowResult
 

@@ -46,7 +46,7 @@ class UploadLimits:
     max_decoded_bytes: int = 8 << 30  # one decoded clip in memory (frames x height x width x channels)
 
     def media_limits(self):
-        from backend.scail2.media import MediaLimits
+        from backend.scail2.conditioning.media import MediaLimits
 
         return MediaLimits(max_frames=self.max_frames, max_duration_s=self.max_seconds, max_side=self.max_side)
 
@@ -193,14 +193,14 @@ def engine_error(exc: Exception, folder: Path | None = None, inputs: Mapping[str
 
 
 def _read_image(path: Path, field: str, limits: UploadLimits):
-    from backend.scail2.media import read_image
+    from backend.scail2.conditioning.media import read_image
 
     return read_image(path, field=field, limits=limits.media_limits())
 
 
 def _read_clip(path: Path, field: str, fps: float | None, limits: UploadLimits, end: int | None = None):
     """Decode a driving clip or mask (video or zip of PNGs); ``end`` stops a video's decoding there."""
-    from backend.scail2.media import probe_video, read_frame_zip, read_video
+    from backend.scail2.conditioning.media import probe_video, read_frame_zip, read_video
 
     if path.suffix == ".zip":
         if fps is None:
@@ -238,7 +238,7 @@ def _slice_frames(clip, frame_range: tuple[int, int] | None, field: str):
 def check_job_loras(spec: JobSpec, effective: Mapping[str, float], pinned: Mapping[str, float] | None) -> None:
     """On an fp8 worker (LoRAs pinned at start), a 422 ``loras_pinned`` naming ``spec.loras`` when the job gives
     other strengths, or ``spec.preset`` when its preset's LoRAs differ."""
-    from backend.scail2.performance_options import PinnedLorasError, check_pinned_loras
+    from backend.scail2.accel.options import PinnedLorasError, check_pinned_loras
 
     if pinned is None:
         return
@@ -262,10 +262,10 @@ def build_request(spec: JobSpec, inputs: Mapping[str, str], folder: Path, limits
     ``fill_masks`` supplies the masks of 'auto' mask sources (``backend.masks.service``) before that check.
     ``pinned_loras``: the LoRA strengths an fp8 worker was converted with (``check_job_loras``), or None.
     """
-    from backend.scail2.conditioning import ExtraReference, GenerationRequest, prepare_inputs
+    from backend.scail2.conditioning.request import ExtraReference, GenerationRequest, prepare_inputs
     from backend.scail2.errors import Scail2InputError
-    from backend.scail2.pipeline import Scail2Pipeline
-    from backend.scail2.presets import SamplingSettings, check_loras_available
+    from backend.scail2.pipelines.pipeline_scail2 import Scail2Pipeline
+    from backend.scail2.schedulers.presets import SamplingSettings, check_loras_available
 
     if "reference" not in inputs:
         raise invalid("reference", "a 'reference' image file is required")

@@ -73,9 +73,9 @@ def compiled_graph_count() -> int:
 def warmup_request(size: WarmupSize, loras: dict[str, float]) -> Any:
     """A one-step synthetic generation of one full window at ``size``: an opaque centred figure (RGBA alpha is
     the mask) on flat colour. ``loras``: the set already fused, so the warm-up changes no weights."""
-    from backend.scail2.conditioning import GenerationRequest
-    from backend.scail2.media import VideoClip
-    from backend.scail2.presets import SamplingSettings
+    from backend.scail2.conditioning.media import VideoClip
+    from backend.scail2.conditioning.request import GenerationRequest
+    from backend.scail2.schedulers.presets import SamplingSettings
 
     height, width = size.height, size.width
     reference = np.full((height, width, 4), 128, np.uint8)

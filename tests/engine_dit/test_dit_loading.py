@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from backend.scail2.dit_keys import (
+from backend.scail2.errors import CheckpointError
+from backend.scail2.loaders.dit_keys import (
     detect_key_space,
     internal_to_wan,
     internal_to_wan_state_dict,
@@ -19,9 +20,8 @@ from backend.scail2.dit_keys import (
     wan_to_internal,
     wan_to_sat_state_dict,
 )
-from backend.scail2.errors import CheckpointError
-from backend.scail2.parity import relative_error
-from backend.scail2.transformer_scail2 import SCAIL2Transformer, config_from_official
+from backend.scail2.models.transformer_scail2 import SCAIL2Transformer, config_from_official
+from backend.scail2.testing.parity import relative_error
 
 TINY = {
     "dim": 32,

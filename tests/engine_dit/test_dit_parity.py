@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from backend.scail2.dit_keys import official_wan_shapes
 from backend.scail2.errors import CheckpointError
-from backend.scail2.parity_dit import check_dit_fixture
+from backend.scail2.loaders.dit_keys import official_wan_shapes
+from backend.scail2.testing.parity_dit import check_dit_fixture
 
 # --- an independent transcription of the official SCAIL2Model.forward ---------------------------------------
 

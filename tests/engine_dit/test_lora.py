@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from backend.scail2.dit_keys import official_wan_shapes
 from backend.scail2.errors import CheckpointError
-from backend.scail2.lora import LoraManager, load_lora
-from backend.scail2.transformer_scail2 import SCAIL2Transformer
+from backend.scail2.loaders.dit_keys import official_wan_shapes
+from backend.scail2.loaders.lora import LoraManager, load_lora
+from backend.scail2.models.transformer_scail2 import SCAIL2Transformer
 
 TINY = {
     "dim": 32,

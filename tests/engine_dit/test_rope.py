@@ -7,7 +7,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from backend.scail2.rope import TokenLayout, scail2_rope_multipliers, scail2_rope_tables
+from backend.scail2.models.rope import TokenLayout, scail2_rope_multipliers, scail2_rope_tables
 
 
 def test_multipliers_match_the_official_ones_per_token(parity_root):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.scail2.parity_encoders import check_clip_fixture, check_t5_fixture, check_vae_fixture
+from backend.scail2.testing.parity_encoders import check_clip_fixture, check_t5_fixture, check_vae_fixture
 
 CHECKS = {"t5": check_t5_fixture, "clip": check_clip_fixture, "vae": check_vae_fixture}
 EXPECTED_CASES = {

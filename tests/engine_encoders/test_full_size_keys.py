@@ -12,10 +12,14 @@ from diffusers import AutoencoderKLWan
 from transformers import CLIPVisionModel, UMT5EncoderModel
 
 from backend.scail2.errors import CheckpointError
-from backend.scail2.image_encoder import ClipVisionConfig, convert_official_clip_keys, official_clip_shapes
-from backend.scail2.text_encoder import T5EncoderConfig, convert_official_t5_keys, official_t5_shapes
-from backend.scail2.vae import WanVAEConfig, convert_official_vae_keys, official_vae_shapes
-from backend.scail2.weights import LazyStateDict, TensorRef, meta_init, verify_state_dict
+from backend.scail2.loaders.weights import LazyStateDict, TensorRef, meta_init, verify_state_dict
+from backend.scail2.models.image_encoder import (
+    ClipVisionConfig,
+    convert_official_clip_keys,
+    official_clip_shapes,
+)
+from backend.scail2.models.text_encoder import T5EncoderConfig, convert_official_t5_keys, official_t5_shapes
+from backend.scail2.models.vae import WanVAEConfig, convert_official_vae_keys, official_vae_shapes
 
 
 def _shape_only(shapes: dict[str, tuple[int, ...]], source: str) -> LazyStateDict:

@@ -9,14 +9,19 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from backend.scail2 import dit_keys
 from backend.scail2.errors import CheckpointError
-from backend.scail2.image_encoder import ClipImageEncoder
-from backend.scail2.layout import TINY_CONFIG_FILE, canonical_lora_name, resolve_checkpoint
-from backend.scail2.text_encoder import UMT5TextEncoder, clean_prompt
-from backend.scail2.tiny import LAYOUTS, TINY_CONFIGS, tiny_official_state_dicts, write_tiny_checkpoint
-from backend.scail2.vae import WanVideoVAE
-from backend.scail2.weights import open_state_dict
+from backend.scail2.loaders import dit_keys
+from backend.scail2.loaders.layout import TINY_CONFIG_FILE, canonical_lora_name, resolve_checkpoint
+from backend.scail2.loaders.weights import open_state_dict
+from backend.scail2.models.image_encoder import ClipImageEncoder
+from backend.scail2.models.text_encoder import UMT5TextEncoder, clean_prompt
+from backend.scail2.models.vae import WanVideoVAE
+from backend.scail2.testing.tiny import (
+    LAYOUTS,
+    TINY_CONFIGS,
+    tiny_official_state_dicts,
+    write_tiny_checkpoint,
+)
 
 EXPECTED = {
     # layout: (dit format, dit file name, encoder format, lora files)
@@ -217,7 +222,7 @@ def test_quantized_comfy_files_are_named_when_skipped(tmp_path, tiny_layouts):
 
 
 def test_command_line_writes_a_folder_and_refuses_to_overwrite(tmp_path, capsys):
-    from backend.scail2.tiny import main
+    from backend.scail2.testing.tiny import main
 
     target = tmp_path / "cli"
     assert main([str(target), "--layout", "converted", "--dit-prefix", "diffusion_model."]) == 0

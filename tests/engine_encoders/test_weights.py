@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from backend.scail2.errors import CheckpointError
-from backend.scail2.weights import load_into, meta_init, open_state_dict
+from backend.scail2.loaders.weights import load_into, meta_init, open_state_dict
 
 
 class TwoLayer(nn.Module):

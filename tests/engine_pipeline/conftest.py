@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from backend.scail2.masks import mask_from_alpha
-from backend.scail2.media import VideoClip, read_clip, read_image
+from backend.scail2.conditioning.masks import mask_from_alpha
+from backend.scail2.conditioning.media import VideoClip, read_clip, read_image
 
 # Eleven frames: two windows at segment_len 9 (the tests' window length), the second one padded.
 DRIVING_FRAMES = 11

@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 
 from backend.scail2.cli import main
-from backend.scail2.media import probe_video, write_image, write_mp4
-from backend.scail2.output import FRAMES_DIR, METADATA_FILE, VIDEO_FILE
+from backend.scail2.conditioning.media import probe_video, write_image, write_mp4
+from backend.scail2.pipelines.output import FRAMES_DIR, METADATA_FILE, VIDEO_FILE
 
 
 def _inputs(tmp_path: Path, reference_rgba, driving_clip, animation_driving_mask) -> dict[str, Path]:

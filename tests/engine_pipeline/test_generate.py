@@ -14,7 +14,7 @@ from backend.scail2 import (
     VideoClip,
     WindowResult,
 )
-from backend.scail2.masks import BLACK, WHITE, mask_from_alpha
+from backend.scail2.conditioning.masks import BLACK, WHITE, mask_from_alpha
 
 # With the 11 driving frames of the `driving_clip` fixture, segment_len 9 / overlap 5 gives windows [0, 9) and
 # [4, 11), the second padded to 9 frames.
@@ -161,7 +161,7 @@ def test_batched_cfg_equals_two_forwards(tiny_pipeline):
     # CFG-parallel workers evaluate cond and uncond as one batch of 2 with zero-padded contexts; same velocity.
     import torch
 
-    from backend.scail2.pipeline import EncodedConditions
+    from backend.scail2.pipelines.pipeline_scail2 import EncodedConditions
 
     g = torch.Generator().manual_seed(0)
 
@@ -199,7 +199,7 @@ def test_comfy_layout_with_diffusers_encoders(tmp_path, reference_rgba, driving_
     import torch
 
     from backend.scail2 import Scail2Pipeline
-    from backend.scail2.tiny import write_tiny_checkpoint
+    from backend.scail2.testing.tiny import write_tiny_checkpoint
 
     folder = write_tiny_checkpoint(tmp_path / "comfy", layout="comfy", seed=1, dit_prefix="model.diffusion_model.")
     pipe = Scail2Pipeline.from_pretrained(folder, device="cpu", dtype=torch.float32)

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from backend.scail2 import ExtraReference, GenerationRequest, SamplingSettings, Scail2InputError, VideoClip
-from backend.scail2.conditioning import composite_over, prepare_inputs, resize_cover_crop, resolve_size
-from backend.scail2.masks import (
+from backend.scail2.conditioning.masks import (
     BLACK,
     PALETTE_RGB,
     WHITE,
@@ -19,10 +18,16 @@ from backend.scail2.masks import (
     mask_from_alpha,
     validate_mask,
 )
-from backend.scail2.pipeline import anchor_colours
-from backend.scail2.presets import PRESETS, check_loras_available
-from backend.scail2.schedulers import build_sampler, unipc_sigmas
-from backend.scail2.segments import official_windows, output_frame_count, padded_windows
+from backend.scail2.conditioning.request import (
+    composite_over,
+    prepare_inputs,
+    resize_cover_crop,
+    resolve_size,
+)
+from backend.scail2.conditioning.segments import official_windows, output_frame_count, padded_windows
+from backend.scail2.pipelines.pipeline_scail2 import anchor_colours
+from backend.scail2.schedulers.presets import PRESETS, check_loras_available
+from backend.scail2.schedulers.samplers import build_sampler, unipc_sigmas
 
 # ----------------------------------------------------------------------------------------------------- masks
 
@@ -217,7 +222,7 @@ def test_colour_anchor_matches_channel_statistics():
 
 
 def test_resume_reuses_the_saved_seed():
-    from backend.scail2.pipeline import WindowResult, _seed_for_resume
+    from backend.scail2.pipelines.pipeline_scail2 import WindowResult, _seed_for_resume
 
     saved = [WindowResult(0, np.zeros((9, 64, 96, 3), np.uint8), {"seed": torch.tensor([123])})]
     assert _seed_for_resume(SamplingSettings(), saved).seed == 123

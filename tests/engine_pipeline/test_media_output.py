@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from backend.scail2 import GenerationResult, Scail2InputError, write_frames_atomic
-from backend.scail2.media import (
+from backend.scail2.conditioning.media import (
     MediaLimits,
     probe_video,
     read_clip,
@@ -21,7 +21,7 @@ from backend.scail2.media import (
     read_video,
     write_mp4,
 )
-from backend.scail2.output import FRAMES_DIR, METADATA_FILE, VIDEO_FILE
+from backend.scail2.pipelines.output import FRAMES_DIR, METADATA_FILE, VIDEO_FILE
 
 
 def test_probe_real_clips(media_root: Path):

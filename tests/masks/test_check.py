@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from backend.masks.check import UNAMBIGUOUS_TOLERANCE, check_mask, classify_mask
-from backend.scail2.masks import BLACK, PALETTE_RGB, WHITE, inspect_mask
+from backend.scail2.conditioning.masks import BLACK, PALETTE_RGB, WHITE, inspect_mask
 
 
 def two_subjects(

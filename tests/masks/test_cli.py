@@ -8,9 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from backend.masks.cli import AutoMaskHook, main
-from backend.scail2.masks import BLACK, PALETTE_RGB, WHITE
-from backend.scail2.media import probe_video, read_clip, read_image
+from backend.masks.arguments import AutoMaskHook
+from backend.masks.cli import main
+from backend.scail2.conditioning.masks import BLACK, PALETTE_RGB, WHITE
+from backend.scail2.conditioning.media import probe_video, read_clip, read_image
 
 PALETTE = set(PALETTE_RGB)
 

@@ -15,8 +15,8 @@ import pytest
 
 from backend.masks.driving import make_driving_mask, write_mask_clip
 from backend.masks.settings import MaskSettings
-from backend.scail2.masks import BLACK, PALETTE_RGB, WHITE
-from backend.scail2.media import VideoClip, probe_video, read_clip
+from backend.scail2.conditioning.masks import BLACK, PALETTE_RGB, WHITE
+from backend.scail2.conditioning.media import VideoClip, probe_video, read_clip
 
 PALETTE = set(PALETTE_RGB)
 

@@ -11,9 +11,9 @@ import pytest
 from backend.masks.auto import make_auto_masks, needs_sam3
 from backend.masks.reference import has_useful_alpha, make_reference_mask
 from backend.masks.settings import MaskSettings
+from backend.scail2.conditioning.masks import BLACK, PALETTE_RGB, WHITE
+from backend.scail2.conditioning.media import read_clip, read_image
 from backend.scail2.errors import CheckpointError, Scail2InputError
-from backend.scail2.masks import BLACK, PALETTE_RGB, WHITE
-from backend.scail2.media import read_clip, read_image
 
 PALETTE = set(PALETTE_RGB)
 

@@ -13,10 +13,10 @@ import pytest
 from backend.masks.options import MaskPreviewSpec
 from backend.masks.service import MaskService, settings_from_spec, shape_only_masks, write_preview_zip
 from backend.masks.settings import MaskSettings
-from backend.scail2.conditioning import GenerationRequest, validate_request
+from backend.scail2.conditioning.masks import PALETTE_RGB
+from backend.scail2.conditioning.media import read_clip, read_image
+from backend.scail2.conditioning.request import GenerationRequest, validate_request
 from backend.scail2.errors import CheckpointError, Scail2InputError
-from backend.scail2.masks import PALETTE_RGB
-from backend.scail2.media import read_clip, read_image
 
 
 @pytest.fixture(scope="module")

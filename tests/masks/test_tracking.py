@@ -16,7 +16,7 @@ from backend.masks.tracking import (
     resolve_identities,
     select_identities,
 )
-from backend.scail2.masks import BLACK, PALETTE_RGB, WHITE
+from backend.scail2.conditioning.masks import BLACK, PALETTE_RGB, WHITE
 
 SIZE = 64  # tracker mask resolution used by these synthetic tracks
 

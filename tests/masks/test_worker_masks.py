@@ -16,8 +16,8 @@ import requests
 from PIL import Image
 
 from backend.launcher import LocalWorker
-from backend.scail2.masks import BLACK, PALETTE_RGB, WHITE
-from backend.scail2.media import probe_video
+from backend.scail2.conditioning.masks import BLACK, PALETTE_RGB, WHITE
+from backend.scail2.conditioning.media import probe_video
 
 PALETTE = set(PALETTE_RGB)
 

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from backend.scail2.accel import compile_blocks
+from backend.scail2.models.transformer_scail2 import SCAIL2Transformer
 from backend.scail2.parallel import (
     enable_cfg_parallel,
     enable_sequence_parallel,
@@ -23,7 +24,6 @@ from backend.scail2.parallel import (
     parallelize_transformer,
 )
 from backend.scail2.parallel.collectives import all_gather_tokens, heads_to_sequence, sequence_to_heads
-from backend.scail2.transformer_scail2 import SCAIL2Transformer
 
 
 def tiny_transformer(num_heads: int, seed: int = 0) -> SCAIL2Transformer:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from backend.scail2.parity import main as parity_main
+from backend.scail2.testing.parity import main as parity_main
 
 if __name__ == "__main__":
     sys.exit(max(parity_main([set_dir]) for set_dir in sys.argv[1:]))

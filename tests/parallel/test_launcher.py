@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from backend.scail2 import GenerationCancelled, GenerationRequest, SamplingSettings, VideoClip
-from backend.scail2.parallel.launcher import MultiProcessPipeline
-from backend.scail2.pipeline import Scail2Pipeline
+from backend.scail2.pipelines.multi_process import MultiProcessPipeline
+from backend.scail2.pipelines.pipeline_scail2 import Scail2Pipeline
 
 SIZE = (64, 96)
 

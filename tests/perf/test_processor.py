@@ -3,9 +3,9 @@
 import torch
 
 from backend.scail2.accel.processor import StridedSDPAProcessor, apply_rotary_table, use_strided_attention
-from backend.scail2.rope import TokenLayout, scail2_rope_multipliers, scail2_rope_tables
-from backend.scail2.tiny import TINY_CONFIGS
-from backend.scail2.transformer_scail2 import SCAIL2Transformer, config_from_official
+from backend.scail2.models.rope import TokenLayout, scail2_rope_multipliers, scail2_rope_tables
+from backend.scail2.models.transformer_scail2 import SCAIL2Transformer, config_from_official
+from backend.scail2.testing.tiny import TINY_CONFIGS
 
 
 def _tiny_scail2() -> SCAIL2Transformer:

@@ -7,7 +7,7 @@ import torch
 from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
 from backend.scail2.accel import StreamedBlockList, compile_blocks, enable_block_streaming, transformer_blocks
-from backend.scail2.rope import TokenLayout, scail2_rope_tables
+from backend.scail2.models.rope import TokenLayout, scail2_rope_tables
 
 _SLOW = pytest.mark.skipif(not os.environ.get("SCAIL_SLOW_TESTS"), reason="set SCAIL_SLOW_TESTS=1")
 

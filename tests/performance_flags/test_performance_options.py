@@ -12,12 +12,7 @@ import torch
 from PIL import Image
 
 from backend.scail2.accel import PerformanceSettings
-from backend.scail2.cli import build_parser as generate_parser
-from backend.scail2.cli import main as generate_main
-from backend.scail2.conditioning import GenerationRequest
-from backend.scail2.media import VideoClip
-from backend.scail2.output import METADATA_FILE
-from backend.scail2.performance_options import (
+from backend.scail2.accel.options import (
     PinnedLorasError,
     check_pinned_loras,
     format_loras,
@@ -28,8 +23,13 @@ from backend.scail2.performance_options import (
     settings_for,
     transformer_load_device,
 )
-from backend.scail2.pipeline import Scail2Pipeline
-from backend.scail2.presets import SamplingSettings
+from backend.scail2.cli import build_parser as generate_parser
+from backend.scail2.cli import main as generate_main
+from backend.scail2.conditioning.media import VideoClip
+from backend.scail2.conditioning.request import GenerationRequest
+from backend.scail2.pipelines.output import METADATA_FILE
+from backend.scail2.pipelines.pipeline_scail2 import Scail2Pipeline
+from backend.scail2.schedulers.presets import SamplingSettings
 from backend.worker.cli import build_parser as worker_parser
 from backend.worker.warmup import parse_warmup
 

@@ -15,7 +15,7 @@ from worker_helpers import DRIVING_VIDEO, REFERENCE_PHOTO, start_worker
 
 from backend.client import BadRequest, DownloadError, _unpack_masks
 from backend.masks.tiny import write_tiny_sam3
-from backend.scail2.masks import BLACK, PALETTE_RGB
+from backend.scail2.conditioning.masks import BLACK, PALETTE_RGB
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 `apply_performance_settings(transformer, settings, device)` is the one call the pipeline needs: it converts
 linears to fp8, picks the attention backend, places the weights (resident or streamed) and compiles the
 block, in the order these steps require, and returns what it resolved (for logs and `/v1/health`).
+`options` holds the same settings as command-line flags and prepares a loaded pipeline with them.
 """
 
 from __future__ import annotations

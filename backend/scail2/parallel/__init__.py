@@ -1,4 +1,8 @@
-"""Running one SCAIL-2 job across several processes: sequence parallelism, CFG parallelism and the launcher."""
+"""Splitting the DiT's forwards across several processes: sequence parallelism, CFG parallelism, their runtime.
+
+Whoever launches the ranks applies the plan to the model it loaded (`parallelize_transformer`, or
+`parallelize_from_environment` under torchrun); `pipelines.multi_process` is the launcher the worker uses.
+"""
 
 from .apply import ParallelTransformer, parallelize_from_environment, parallelize_transformer
 from .cfg import CfgParallel, enable_cfg_parallel

@@ -93,8 +93,8 @@ def parallelize_from_environment(transformer: nn.Module) -> ParallelTransformer 
 
     Uses the runtime already set up by `init_parallel`, or, in a process started by torchrun (``WORLD_SIZE`` > 1)
     that has none yet, sets one up from the torchrun environment (with CFG-parallel when ``SCAIL_CFG_PARALLEL=1``
-    and the process count is even). This is what lets any entry point that loads
-    the DiT (the parity command, the CLI, the worker's rank processes) run split across processes unchanged.
+    and the process count is even). The entry points torchrun may launch (``scail2-generate``, the parity
+    command) call this on the DiT they loaded; the model never sets itself up from the environment.
     """
     runtime = current_runtime()
     if runtime is None:

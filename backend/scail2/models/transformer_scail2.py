@@ -14,7 +14,7 @@ SCAIL-2 adds to Wan2.1-I2V:
 
 Loading (:meth:`SCAIL2Transformer.from_single_file`) accepts the official SAT checkpoint, Wan-named files
 (``convert.py`` output, Comfy-Org fp16) with or without ``diffusion_model.`` prefixes, and this module's own names;
-see :mod:`.dit_keys`.
+see :mod:`..loaders.dit_keys`.
 """
 
 from __future__ import annotations
@@ -37,11 +37,10 @@ from diffusers.models.transformers.transformer_wan import WanTimeTextImageEmbedd
 from diffusers.utils import apply_lora_scale
 from torch import nn
 
-from .dit_keys import detect_key_space, internal_to_wan, sat_key_for_wan, sat_to_wan, wan_to_internal
-from .errors import CheckpointError
-from .parallel import parallelize_from_environment
+from ..errors import CheckpointError
+from ..loaders.dit_keys import detect_key_space, internal_to_wan, sat_key_for_wan, sat_to_wan, wan_to_internal
+from ..loaders.weights import LazyStateDict, TensorRef, load_into, meta_init, open_state_dict
 from .rope import SCAIL2RotaryPosEmbed, TokenLayout
-from .weights import LazyStateDict, TensorRef, load_into, meta_init, open_state_dict
 
 __all__ = ["SCAIL2Transformer", "config_from_official", "infer_config_from_shapes", "to_internal_keys"]
 
@@ -431,17 +430,15 @@ class SCAIL2Transformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
             load_into(model, internal, dtype=torch_dtype, device=device, keep_fp32=cls.keeps_fp32)
         model.eval()
         model.requires_grad_(False)
-        # Kept so LoRA strengths can later be re-applied onto the pristine weights (see .lora.LoraManager).
+        # Kept so LoRA strengths can later be re-applied onto the pristine weights (see loaders.lora.LoraManager).
         model.checkpoint_state = internal
-        # Under torchrun (or in a worker rank process) the forward is split across the job's processes.
-        parallelize_from_environment(model)
         return model
 
 
 def to_internal_keys(state: LazyStateDict) -> tuple[LazyStateDict, str, str]:
     """Convert a DiT checkpoint's keys (SAT, Wan or internal, any known prefix) to internal names, lazily.
 
-    Returns ``(internal state, key space, prefix)`` (see :func:`.dit_keys.detect_key_space`). Fused SAT
+    Returns ``(internal state, key space, prefix)`` (see :func:`..loaders.dit_keys.detect_key_space`). Fused SAT
     tensors become slices read on demand. Keys that convert to nothing keep their file name, so the strict load
     reports them as unexpected.
     """
@@ -489,7 +486,7 @@ def to_internal_keys(state: LazyStateDict) -> tuple[LazyStateDict, str, str]:
 
 def _load_shapes_only(model: nn.Module, state: LazyStateDict, dtype: torch.dtype | None, keep_fp32) -> None:
     """The ``meta``-device load: read every (meta) tensor through its key conversion, check the shape it really
-    has, and assign it. ``weights.load_into`` treats parameters left on ``meta`` as unloaded, so it is not used
+    has, and assign it. ``loaders.weights.load_into`` treats parameters left on ``meta`` as unloaded, so it is not used
     for this shape-only check."""
     for key in state:
         tensor = state.read(key)

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from .errors import CheckpointError
-from .image_encoder import ClipImageEncoder, ClipVisionConfig, preprocess_clip_image
-from .text_encoder import T5EncoderConfig, build_umt5, convert_official_t5_keys
-from .vae import WanVAEConfig, WanVideoVAE
-from .weights import open_state_dict, read_json
+from ..errors import CheckpointError
+from ..loaders.weights import open_state_dict, read_json
+from ..models.image_encoder import ClipImageEncoder, ClipVisionConfig, preprocess_clip_image
+from ..models.text_encoder import T5EncoderConfig, build_umt5, convert_official_t5_keys
+from ..models.vae import WanVAEConfig, WanVideoVAE
 
 __all__ = ["ENCODER_TOLERANCE", "check_clip_fixture", "check_t5_fixture", "check_vae_fixture"]
 

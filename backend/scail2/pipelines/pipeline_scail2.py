@@ -9,7 +9,7 @@ Per generation (official ``SCAIL2Pipeline.generate``, §5 of docs/scail2-referen
    clean history; then exactly one noise draw; the history latent frames pinned before every DiT call and after
    every step; text-only CFG (no unconditional pass when guidance <= 1); decode.
 
-Unlike the official code the tail is kept by default (see ``segments.padded_windows``), the output plays at the
+Unlike the official code the tail is kept by default (see ``conditioning.segments.padded_windows``), the output plays at the
 driving clip's fps, and ``color_anchor`` can match later windows' colours to the first window's.
 """
 
@@ -28,25 +28,25 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .accel import load_module, park_module
-from .conditioning import GenerationRequest, PreparedInputs, prepare_inputs
-from .errors import CheckpointError, GenerationCancelled, Scail2InputError
-from .image_encoder import ClipImageEncoder
-from .layout import CheckpointLayout, resolve_checkpoint
-from .lora import LoraManager
-from .masks import (
+from ..accel import load_module, park_module
+from ..conditioning.masks import (
     compress_driving_mask,
     compress_reference_mask,
     halve_bilinear,
     image_to_unit_range,
     video_to_unit_range,
 )
-from .presets import SamplingSettings, check_loras_available
-from .schedulers import build_sampler
-from .segments import Window, official_windows, padded_windows
-from .text_encoder import UMT5TextEncoder
-from .transformer_scail2 import SCAIL2Transformer, config_from_official
-from .vae import WanVideoVAE
+from ..conditioning.request import GenerationRequest, PreparedInputs, prepare_inputs
+from ..conditioning.segments import Window, official_windows, padded_windows
+from ..errors import CheckpointError, GenerationCancelled, Scail2InputError
+from ..loaders.layout import CheckpointLayout, resolve_checkpoint
+from ..loaders.lora import LoraManager
+from ..models.image_encoder import ClipImageEncoder
+from ..models.text_encoder import UMT5TextEncoder
+from ..models.transformer_scail2 import SCAIL2Transformer, config_from_official
+from ..models.vae import WanVideoVAE
+from ..schedulers.presets import SamplingSettings, check_loras_available
+from ..schedulers.samplers import build_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class Scail2Pipeline:
         offload_encoders: bool | None = None,
         transformer_device: torch.device | str | None = None,
     ) -> Scail2Pipeline:
-        """Build the pipeline from a checkpoint folder in any supported layout (see ``layout.resolve_checkpoint``).
+        """Build the pipeline from a checkpoint folder in any supported layout (see ``loaders.layout.resolve_checkpoint``).
 
         ``dtype`` is the DiT and encoder weight dtype (the official code runs umT5 in bf16 and CLIP in fp16; both
         follow ``dtype`` here). The VAE stays float32 by default, as in the official decode.

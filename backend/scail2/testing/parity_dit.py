@@ -14,10 +14,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from .errors import CheckpointError
-from .transformer_scail2 import SCAIL2Transformer, config_from_official
+from ..errors import CheckpointError
+from ..models.transformer_scail2 import SCAIL2Transformer, config_from_official
+from ..parallel import parallelize_from_environment
 
-__all__ = ["DIT_TOLERANCE", "check_dit_fixture", "relative_error"]
+__all__ = ["DIT_TOLERANCE", "check_dit_fixture", "load_dit", "relative_error"]
 
 # Recommended by the fixture README: rel <= 1e-4 (fp32 implementations land near 1e-6).
 DIT_TOLERANCE = 1e-4
@@ -38,6 +39,14 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """``max|actual - expected| / max(1, max|expected|)``, the fixture README's measure."""
     actual, expected = actual.double(), expected.double()
     return float((actual - expected).abs().max() / max(1.0, float(expected.abs().max())))
+
+
+def load_dit(path: Path, config: dict[str, Any]) -> SCAIL2Transformer:
+    """The fixture's DiT through the real checkpoint loader, split across the processes when the parity command
+    runs under torchrun (the launcher, not the model, applies the parallel plan; a no-op in one process)."""
+    model = SCAIL2Transformer.from_single_file(path, config)
+    parallelize_from_environment(model)
+    return model
 
 
 def _read_config(set_dir: Path) -> dict[str, Any]:
@@ -86,7 +95,7 @@ def check_dit_fixture(set_dir: str | Path, tolerance: float = DIT_TOLERANCE) -> 
         )
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{set_dir / 'config.json'}: unusable constructor_args ({exc})") from exc
-    model = SCAIL2Transformer.from_single_file(set_dir / "state_dict.safetensors", model_config)
+    model = load_dit(set_dir / "state_dict.safetensors", model_config)
 
     records = []
     for case_name, case in config.get("cases", {}).items():

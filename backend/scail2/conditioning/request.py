@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import Scail2InputError
+from ..errors import Scail2InputError
+from ..schedulers.presets import SamplingSettings
 from .masks import BLACK, Mode, background_colour, mask_from_alpha, validate_mask
 from .media import VideoClip
-from .presets import SamplingSettings
 from .segments import padded_windows
 
 SIZE_MULTIPLE = 32

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .accel import ATTENTION_CHOICES, AccelerationState, PerformanceSettings, apply_to_pipeline
-from .errors import Scail2InputError
+from ..errors import Scail2InputError
+from . import ATTENTION_CHOICES, AccelerationState, PerformanceSettings, apply_to_pipeline
 
 # Flag name -> PerformanceSettings field, for the flags that map one to one.
 _BOOLEAN_FLAGS = {

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan
 
-from .errors import CheckpointError
-from .layout import CheckpointLayout
-from .weights import (
+from ..errors import CheckpointError
+from ..loaders.layout import CheckpointLayout
+from ..loaders.weights import (
     LazyStateDict,
     TensorRef,
     find_weights_file,

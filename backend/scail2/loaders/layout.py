@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 __all__ = [
     "CLIP_FILE",

@@ -19,7 +19,7 @@ scaling (an ``.alpha`` key, which those files do not have, scales by ``alpha / r
 
 :class:`LoraManager` keeps the fused set of a loaded model. Changing it recomputes only the parameters involved:
 from the pristine checkpoint tensors when the model came from
-:meth:`~backend.scail2.transformer_scail2.SCAIL2Transformer.from_single_file` (exact, no drift in half
+:meth:`~backend.scail2.models.transformer_scail2.SCAIL2Transformer.from_single_file` (exact, no drift in half
 precision), otherwise by applying the difference of strengths in float32.
 """
 
@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import CheckpointError
 from .dit_keys import KEY_PREFIXES, wan_module_to_internal, wan_to_internal
-from .errors import CheckpointError
 from .weights import LazyStateDict, open_state_dict
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .media import write_mp4, write_png_sequence
-from .pipeline import GenerationResult
+from ..conditioning.media import write_mp4, write_png_sequence
+from .pipeline_scail2 import GenerationResult
 
 FRAMES_DIR = "frames"
 VIDEO_FILE = "result.mp4"

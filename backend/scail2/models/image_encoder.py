@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from .errors import CheckpointError
-from .layout import CheckpointLayout
-from .weights import (
+from ..errors import CheckpointError
+from ..loaders.layout import CheckpointLayout
+from ..loaders.weights import (
     LazyStateDict,
     TensorRef,
     find_weights_file,

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..palette import BLACK, PALETTE, PALETTE_NAMES, WHITE, mask_background
-from .errors import Scail2InputError
+from ...palette import BLACK, PALETTE, PALETTE_NAMES, WHITE, mask_background
+from ..errors import Scail2InputError
 
 Mode = Literal["animation", "replacement"]
 MaskRole = Literal["reference", "driving"]

@@ -7,7 +7,7 @@
 * **Wan** — the names of the official ``SCAIL2Model`` / ``convert.py`` output and Comfy-Org's
   ``wan2.1_14B_SCAIL_2_fp16.safetensors`` (1,307 tensors for 14B), optionally prefixed ``diffusion_model.`` or
   ``model.diffusion_model.``.
-* **internal** — the diffusers-style module names of :class:`~backend.scail2.transformer_scail2.SCAIL2Transformer`
+* **internal** — the diffusers-style module names of :class:`~backend.scail2.models.transformer_scail2.SCAIL2Transformer`
   (``blocks.N.attn1.to_q``, ``condition_embedder.time_embedder.linear_1``, ...).
 
 Conversions are rule tables, so they run in both directions: ``sat_to_wan`` splits fused tensors,
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 __all__ = [
     "KEY_PREFIXES",

@@ -18,9 +18,16 @@ from pathlib import Path
 import torch
 from transformers import UMT5Config, UMT5EncoderModel
 
-from .errors import CheckpointError
-from .layout import CheckpointLayout
-from .weights import LazyStateDict, find_weights_file, load_into, meta_init, open_state_dict, read_json
+from ..errors import CheckpointError
+from ..loaders.layout import CheckpointLayout
+from ..loaders.weights import (
+    LazyStateDict,
+    find_weights_file,
+    load_into,
+    meta_init,
+    open_state_dict,
+    read_json,
+)
 
 __all__ = [
     "official_t5_shapes",

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-from .errors import Scail2InputError
+from ..errors import Scail2InputError
 
 NUM_TRAIN_TIMESTEPS = 1000
 SAMPLERS = ("unipc", "dpm++", "euler")

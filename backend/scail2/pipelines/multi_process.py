@@ -5,7 +5,7 @@ worker's job runner uses it exactly like a `Scail2Pipeline`. Behind it:
 
 - ``start`` spawns N rank processes (``torch.multiprocessing``, spawn). Each sets NVLink multicast off, joins the
   process group (NCCL on CUDA with ``cuda:<rank>``, gloo on the CPU), builds a gloo group for control messages and
-  loads the pipeline; its DiT is split across the ranks as it loads (`parallelize_from_environment`).
+  loads the pipeline, then splits its DiT across the ranks (`parallel.parallelize_transformer`).
 - ``generate`` sends the same request to every rank. All ranks run the whole pipeline in lockstep (encoders, VAE
   and sampling are replicated; each DiT forward is sequence-parallel). Rank 0 owns I/O: only it reports progress,
   finished windows and the result back to this process, which calls the caller's callbacks.
@@ -33,7 +33,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ..errors import GenerationCancelled
-from .runtime import disable_nvlink_multicast
+from ..parallel.runtime import disable_nvlink_multicast
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ def _rank_main(
     )
     import torch.distributed as dist
 
-    from ..pipeline import Scail2Pipeline
-    from .runtime import init_parallel
+    from ..parallel import init_parallel, parallelize_transformer
+    from .pipeline_scail2 import Scail2Pipeline
 
     try:
         runtime = init_parallel(
@@ -101,6 +101,7 @@ def _rank_main(
         pipeline = Scail2Pipeline.from_pretrained(
             settings.checkpoint, device=runtime.device, dtype=getattr(torch, settings.dtype)
         )
+        parallelize_transformer(pipeline.transformer, runtime)
         # The same per-GPU settings as a one-GPU worker (attention backend, regional compile, encoder parking),
         # applied after the DiT was split so that the compiled blocks include the sequence-parallel path.
         from ..accel import PerformanceSettings, apply_to_pipeline

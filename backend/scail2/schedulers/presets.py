@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from .errors import Scail2InputError
-from .schedulers import normalize_sampler_name
+from ..errors import Scail2InputError
+from .samplers import normalize_sampler_name
 
 NoiseMode = Literal["official", "cpu"]
 PRESET_NAMES = ("quality", "balanced", "fast")

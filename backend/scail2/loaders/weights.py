@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 __all__ = [
     "LazyStateDict",

@@ -1,0 +1,3 @@
+"""Sampling: the flow-matching samplers with the official sigma schedules (`samplers`) and the sampling settings
+with their presets (`presets`).
+"""
