@@ -201,7 +201,7 @@ def create_app(
                     discard(staging)
                     return _created(_check_same(existing, request_hash), created=False)
             async with validation_slots:
-                # Only the few frames the page's previews need outlive the validation (thumbnails.py).
+                # Only the page's small previews outlive the validation, not the decoded clip (thumbnails.py).
                 preview = await run_in_threadpool(lambda: input_preview(
                     build_request(spec, files, staging, limits, runner.pipeline.available_loras(), fill_masks,
                                   pinned_loras(runner.pipeline))[0],

@@ -90,8 +90,12 @@ def _save(image: Any, path: Path, **options: Any) -> None:
     os.replace(temp, path)
 
 
-def _save_frame(frame: np.ndarray, path: Path) -> None:
-    _save(_small(frame[..., :3]).convert("RGB"), path, format="JPEG", quality=JPEG_QUALITY)
+def _small_frame(frame: np.ndarray) -> Any:
+    return _small(frame[..., :3]).convert("RGB")
+
+
+def _save_frame(image: Any, path: Path) -> None:
+    _save(image, path, format="JPEG", quality=JPEG_QUALITY)
 
 
 def _write_index(path: Path, payload: dict[str, Any]) -> None:
@@ -102,17 +106,17 @@ def _write_index(path: Path, payload: dict[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class InputPreview:
-    """The few input frames the previews are made of, copied out of a decoded request so it can be let go."""
+    """The input previews, already made small: a decoded request (whole clips) can be let go right away."""
 
-    reference: np.ndarray  # [H, W, 3|4] uint8
-    driving: list[tuple[int, np.ndarray]]  # (frame index in the uploaded clip, [H, W, 3|4] uint8)
+    reference: Any  # PIL image, alpha kept
+    driving: list[tuple[int, Any]]  # (frame index in the uploaded clip, PIL image)
 
 
 def input_preview(request: Any, first_frame: int = 0) -> InputPreview:
     """From an engine ``GenerationRequest`` whose driving clip starts at frame ``first_frame`` of the upload."""
     frames = request.driving.frames
-    return InputPreview(reference=np.array(request.reference),
-                        driving=[(first_frame + i, np.array(frames[i]))
+    return InputPreview(reference=_small(request.reference),
+                        driving=[(first_frame + i, _small_frame(frames[i]))
                                  for i in sample_indices(int(frames.shape[0]), DRIVING_SAMPLES)])
 
 
@@ -122,11 +126,11 @@ def write_input_thumbnails(job_dir: Path, preview: InputPreview) -> None:
     if (folder / INPUTS_INDEX).is_file():
         return
     folder.mkdir(exist_ok=True)  # not parents: a job deleted meanwhile stays deleted
-    _save(_small(preview.reference), folder / "reference.png", format="PNG")
+    _save(preview.reference, folder / "reference.png", format="PNG")
     driving_names = []
-    for frame, pixels in preview.driving:
+    for frame, image in preview.driving:
         name = f"driving_{frame:06d}.jpg"
-        _save_frame(pixels, folder / name)
+        _save_frame(image, folder / name)
         driving_names.append({"name": name, "frame": frame})
     _write_index(folder / INPUTS_INDEX, {"reference": "reference.png", "driving": driving_names})
 
@@ -142,7 +146,7 @@ def write_window_thumbnails(job_dir: Path, window_index: int, first_frame: int, 
     for local in sample_indices(int(frames.shape[0]), WINDOW_SAMPLES):
         frame = first_frame + local
         name = f"window_{window_index:04d}_{frame:06d}.jpg"
-        _save_frame(frames[local], folder / name)
+        _save_frame(_small_frame(frames[local]), folder / name)
         thumbs.append({"name": name, "frame": frame})
     _write_index(index_path, {"index": window_index, "first_frame": first_frame, "frames": int(frames.shape[0]),
                               "thumbs": thumbs})
