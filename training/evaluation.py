@@ -162,17 +162,19 @@ def score_frames(generated: Tensor | np.ndarray, *, target_background: Tensor | 
         reference_colours = reference_pixels[own]
         palettes.append(torch.unique(_quantised(reference_colours), dim=0))
         where = (ids == k) & target_interior
-        if not where.any():
+        if not where.any():  # identity k never (fully) in view in the target
+            colour_distances.append(None)
             continue
         generated_lab = srgb_to_lab(pixels[where].double()).mean(0)
         reference_lab = srgb_to_lab(reference_colours.double()).mean(0)
         colour_distances.append(float((generated_lab - reference_lab).norm()))
+    measured = [d for d in colour_distances if d is not None]
 
     result = {
         "iou": float(iou_frames.mean()),
         "iou_frames": [round(float(v), 4) for v in iou_frames],
-        "colour_delta_e": float(np.mean(colour_distances)) if colour_distances else math.nan,
-        "colour_delta_e_identity": colour_distances,
+        "colour_delta_e": float(np.mean(measured)) if measured else math.nan,
+        "colour_delta_e_identity": colour_distances,  # per identity 1, 2, ... (None: not in view)
         "iou_identity": None,
     }
     if len(identities) > 1:
