@@ -22,13 +22,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend.scail2.accel.options import pinned_loras
-
 from . import API_VERSION, jobs
 from .errors import ApiError, invalid
+from .executor import JobExecutor
 from .jobs import find_job, finished_result, job_status_body, links, result_file
 from .logs import get_logger
-from .runner import JobRunner
 from .schemas import (
     ErrorResponse,
     Health,
@@ -70,7 +68,6 @@ class WorkerInfo:
     device: str
     checkpoint: str
     dtype: str
-    loras: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     performance: dict[str, Any] | None = None  # the CLI's resolved performance report (PerformanceInfo)
 
@@ -86,7 +83,7 @@ def _validation_field(error: dict[str, Any], prefix: str) -> str:
 
 def create_app(
     store: JobStore,
-    runner: JobRunner,
+    runner: JobExecutor,
     guard: TokenGuard,
     limits: UploadLimits,
     info: WorkerInfo,
@@ -136,6 +133,7 @@ def create_app(
         return full_health()
 
     def full_health() -> Health:
+        loras = runner.available_loras()  # a gateway knows them once an engine has loaded (None before)
         return Health(
             status="ok",
             version=info.version,
@@ -143,13 +141,15 @@ def create_app(
             authenticated=True,
             device=info.device,
             gpu=_gpu_info(info.device),
-            model={"loaded": True, "checkpoint": info.checkpoint, "dtype": info.dtype, "loras": info.loras},
+            model={"loaded": loras is not None, "checkpoint": info.checkpoint, "dtype": info.dtype,
+                   "loras": sorted(loras or ())},
             queue=store.counts(),
             limits={"max_upload_mb": limits.max_upload_bytes / 2**20, "max_frames": limits.max_frames,
                     "max_seconds": limits.max_seconds, "max_side": limits.max_side,
                     "max_decoded_gb": limits.max_decoded_bytes / 2**30},
             features={"auto_masks": masks is not None, "range_downloads": True, "idempotency_keys": True},
             performance=info.performance,
+            cluster=runner.cluster_info(),
         )
 
     # -- submission --
@@ -203,8 +203,8 @@ def create_app(
             async with validation_slots:
                 # Only the page's small previews outlive the validation, not the decoded clip (thumbnails.py).
                 preview = await run_in_threadpool(lambda: input_preview(
-                    build_request(spec, files, staging, limits, runner.pipeline.available_loras(), fill_masks,
-                                  pinned_loras(runner.pipeline))[0],
+                    build_request(spec, files, staging, limits, runner.available_loras(), fill_masks,
+                                  runner.pinned_loras())[0],
                     spec.frame_range[0] if spec.frame_range else 0))
             stored_spec = spec.model_dump(mode="json")
             if stored_spec["seed"] is None:

@@ -74,7 +74,44 @@ def build_parser() -> argparse.ArgumentParser:
     performance.add_argument("--warmup", default=None, metavar="SIZES",
                              help="sizes to compile before the ready line: 512p, 704p, <W>x<H>, each optionally "
                              ":FRAMES (default 512p on CUDA when compiling, none on CPU; 'none' disables)")
+    cluster = serve.add_argument_group(
+        "cluster", "gateway mode: this worker runs no model itself but hands its jobs to engine actors on a Ray "
+        "cluster, one per GPU (docs/CLUSTER.md). --checkpoint is then the folder's path on every GPU node")
+    cluster.add_argument("--ray", default=None, metavar="ADDRESS",
+                         help="the Ray cluster's head (HOST:PORT), or auto for the cluster this machine joined "
+                         "with ray start; the performance flags apply on every GPU")
+    cluster.add_argument("--gpus-per-job", type=int, default=1, metavar="N",
+                         help="GPUs per engine: each job runs sequence-parallel over N GPUs of one node")
+    cluster.add_argument("--gpu-resource", default="GPU", metavar="NAME",
+                         help="the Ray resource an engine takes N of (default GPU; a custom resource, e.g. "
+                         "for a GPU type, also works)")
+    cluster.add_argument("--ray-namespace", default="scail", metavar="NAME",
+                         help="Ray namespace of the engine actors: one gateway per namespace")
+    cluster.add_argument("--keep-engines", action="store_true",
+                         help="on a clean stop leave the engines loaded for the next gateway (a crashed gateway "
+                         "always leaves them; the next one adopts them)")
+    cluster.add_argument("--engine-idle-minutes", type=float, default=0.0, metavar="M",
+                         help="release an engine idle this long so an autoscaler can remove its node (0: never)")
+    cluster.add_argument("--max-engines", type=int, default=0, metavar="N",
+                         help="ask the Ray autoscaler for GPUs while jobs wait, up to N engines (0: never ask)")
     return parser
+
+
+def _gateway_flag_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags of a gateway (--ray), or None."""
+    if not args.checkpoint.is_absolute():
+        return f"--checkpoint {args.checkpoint}: with --ray give the absolute path every GPU node has it at"
+    if args.gpus != 1:
+        return "--gpus applies to a single machine; with --ray use --gpus-per-job"
+    if args.gpus_per_job < 1:
+        return "--gpus-per-job must be at least 1"
+    if args.device not in ("cuda", "cpu"):
+        return f"--device {args.device}: with --ray give cuda (Ray assigns each engine its GPUs) or cpu"
+    if args.sam3 is not None:
+        return "--sam3 is not available with --ray yet: send mask files, or run SAM3 on a single-machine worker"
+    if args.engine_idle_minutes < 0 or args.max_engines < 0:
+        return "--engine-idle-minutes and --max-engines must not be negative"
+    return None
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -136,53 +173,6 @@ def _process_alive(pid: int) -> bool:
     return code.value == 259  # STILL_ACTIVE
 
 
-class _StartError(Exception):
-    """The worker cannot start with these flags; ``code`` is the exit status (2: bad arguments)."""
-
-    def __init__(self, message: str, code: int = 2):
-        super().__init__(message)
-        self.code = code
-
-
-def _prepare_performance(pipeline, device: str, settings, start_loras: dict[str, float] | None,
-                         warmup_sizes: list | None) -> dict:
-    """Apply the performance flags to the loaded pipeline, fuse (and with fp8 pin) the LoRAs, warm up.
-
-    Returns the ``performance`` report of ``/v1/health``: the resolved settings, the pinned LoRAs and the warm-up.
-    """
-    import torch
-
-    from backend.scail2 import Scail2InputError
-    from backend.scail2.accel.options import format_loras, performance_report, prepare_pipeline
-    from backend.scail2.schedulers.presets import SamplingSettings
-
-    from .warmup import parse_warmup, warm_up
-
-    loras = start_loras
-    if settings.fp8_linear and loras is None:
-        # Jobs default to the 'fast' preset, so its LoRAs are the set most jobs can run with.
-        loras = dict(SamplingSettings.from_preset("fast").loras)
-    try:
-        state = prepare_pipeline(pipeline, settings, loras)
-    except Scail2InputError as exc:
-        hint = "" if start_loras is not None else " (--fp8 fuses the 'fast' preset's LoRAs unless --loras says otherwise)"
-        raise _StartError(f"--loras {format_loras(loras or {})}: {exc}{hint}") from exc
-    except RuntimeError as exc:  # an fp8 or attention-backend request this device cannot run
-        raise _StartError(str(exc)) from exc
-    report = performance_report(pipeline, state)
-    log.info("performance settings applied", extra={"performance": report})
-    if warmup_sizes is None:
-        warmup_sizes = parse_warmup("512p" if device.startswith("cuda") and settings.compile_blocks else "none")
-    report["warmup"] = None
-    if warmup_sizes:
-        try:
-            report["warmup"] = warm_up(pipeline, warmup_sizes)
-        except torch.OutOfMemoryError as exc:
-            raise _StartError(f"--warmup ran out of GPU memory ({exc}); warm up fewer or smaller sizes, or add "
-                              "--low-vram") from exc
-    return report
-
-
 def serve(args: argparse.Namespace) -> int:
     from .logs import configure_logging
 
@@ -191,10 +181,11 @@ def serve(args: argparse.Namespace) -> int:
         return _fail(f"--host {args.host} is reachable from other machines: give --token (or {TOKEN_ENV})")
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         return _fail("--ssl-certfile and --ssl-keyfile go together")
-    if not args.checkpoint.is_dir():
+    if args.ray is None and not args.checkpoint.is_dir():
         return _fail(f"--checkpoint {args.checkpoint}: not a folder", 3)
     from backend.scail2.accel.options import parse_loras, performance_overrides
 
+    from .engine import EngineConfig, EngineStartError, load_engine
     from .warmup import parse_warmup
 
     try:
@@ -205,10 +196,20 @@ def serve(args: argparse.Namespace) -> int:
         warmup_sizes = parse_warmup(args.warmup) if args.warmup is not None else None
     except ValueError as exc:
         return _fail(f"--warmup: {exc}")
-    if args.gpus > 1 and (performance_overrides(args).get("fp8_linear") or start_loras is not None or warmup_sizes):
-        # The rank processes neither pin LoRAs (which fp8 needs) nor warm up.
-        return _fail("--fp8, --loras and --warmup apply to single-GPU workers; with --gpus > 1 use the other "
-                     "performance flags only")
+    gateway = args.ray is not None
+    if gateway:
+        problem = _gateway_flag_problem(args)
+        if problem:
+            return _fail(problem)
+    # A gateway names the folder as every GPU node sees it; it need not exist on the gateway's machine.
+    checkpoint = str(args.checkpoint) if gateway else str(args.checkpoint.resolve())
+    config = EngineConfig(checkpoint=checkpoint, device=args.device, dtype=args.dtype,
+                          gpus=args.gpus_per_job if gateway else args.gpus, performance=performance_overrides(args),
+                          loras=start_loras, warmup=tuple(warmup_sizes) if warmup_sizes is not None else None)
+    try:
+        config.check("--gpus-per-job" if gateway else "--gpus")
+    except EngineStartError as exc:
+        return _fail(str(exc), exc.code)
     generated = token is None
     if generated:
         token = generate_token()
@@ -221,71 +222,50 @@ def serve(args: argparse.Namespace) -> int:
     if generated:
         print(f"{TOKEN_PREFIX} {token}", flush=True)
 
-    import torch
-
     from backend import __version__ as version
-    from backend.scail2 import CheckpointError
 
     from .app import WorkerInfo, create_app
-    from .runner import JobRunner
     from .store import JobStore
     from .uploads import UploadLimits
-
-    device = args.device
-    dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    masks = None
-    if args.sam3 is not None:  # checked before the (slow) model load; SAM3 itself loads on first use
-        from backend.masks.service import MaskService
-
-        try:
-            masks = MaskService(args.sam3, device=device, dtype=getattr(torch, dtype_name))
-        except CheckpointError as exc:
-            return _fail(f"--sam3: {exc}", 3)
-    store = JobStore(args.data)
-    store.recover()
-    log.info("loading checkpoint", extra={"checkpoint": str(args.checkpoint), "device": device, "dtype": dtype_name,
-                                         "token_fingerprint": token_fingerprint(token)})
-    from backend.scail2.accel.options import settings_for, transformer_load_device
-
-    # Resolved before loading: low-VRAM loads the DiT into host memory. With --gpus N every rank applies them.
-    settings = settings_for(device, args)
-    started = time.monotonic()
-    try:
-        from backend.scail2.pipelines.pipeline_scail2 import Scail2Pipeline
-
-        if args.gpus > 1:
-            from backend.scail2.pipelines.multi_process import MultiProcessPipeline
-
-            pipeline = MultiProcessPipeline.start(args.checkpoint, processes=args.gpus,
-                                                  device=torch.device(device).type, dtype=getattr(torch, dtype_name),
-                                                  performance=settings)
-        else:
-            pipeline = Scail2Pipeline.from_pretrained(args.checkpoint, device=device, dtype=getattr(torch, dtype_name),
-                                                      transformer_device=transformer_load_device(settings, device))
-    except CheckpointError as exc:
-        log.error("checkpoint failed to load", extra={"error": str(exc)})
-        return _fail(f"cannot load the checkpoint: {exc}", 3)
-    except (ValueError, RuntimeError, TimeoutError) as exc:
-        if args.gpus <= 1:
-            raise
-        return _fail(f"cannot start the {args.gpus} GPU processes: {exc}", 3)
-    log.info("model loaded", extra={"seconds": round(time.monotonic() - started, 2)})
-    if args.gpus > 1:
-        # What rank 0 applied; every rank applies the same settings to its share of the DiT.
-        performance = {**pipeline.acceleration, "pinned_loras": None, "warmup": None}
-    else:
-        try:
-            performance = _prepare_performance(pipeline, device, settings, start_loras, warmup_sizes)
-        except _StartError as exc:
-            log.error("performance settings failed", extra={"error": str(exc)})
-            return _fail(str(exc), exc.code)
 
     limits = UploadLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_frames=args.max_frames,
                           max_seconds=args.max_seconds, max_side=args.max_side,
                           max_decoded_bytes=int(args.max_decoded_gb * 2**30))
-    runner = JobRunner(store, pipeline, limits, device, masks=masks)
-    info = WorkerInfo(version=version, device=device, checkpoint=str(args.checkpoint.resolve()), dtype=dtype_name,
-                      loras=sorted(pipeline.available_loras()), performance=performance)
+    masks = None
+    if args.sam3 is not None:  # checked before the (slow) model load; SAM3 itself loads on first use
+        import torch
+
+        from backend.masks.service import MaskService
+        from backend.scail2 import CheckpointError
+
+        try:
+            masks = MaskService(args.sam3, device=args.device, dtype=getattr(torch, config.dtype_name))
+        except CheckpointError as exc:
+            return _fail(f"--sam3: {exc}", 3)
+    store = JobStore(args.data)
+    store.recover()
+    if gateway:
+        from .cluster.dispatcher import ClusterUnavailable, DispatcherSettings, RayDispatcher
+
+        try:
+            runner = RayDispatcher.connect(store, DispatcherSettings.from_args(args, config, limits))
+        except ClusterUnavailable as exc:
+            log.error("cannot join the Ray cluster", extra={"error": str(exc)})
+            return _fail(str(exc), 3)
+        info = WorkerInfo(version=version, device="ray", checkpoint=config.checkpoint, dtype=config.dtype_name)
+    else:
+        log.info("loading checkpoint", extra={"checkpoint": str(args.checkpoint), "device": args.device,
+                                             "dtype": config.dtype_name, "token_fingerprint": token_fingerprint(token)})
+        try:
+            engine = load_engine(config)
+        except EngineStartError as exc:
+            log.error("the engine failed to start", extra={"error": str(exc)})
+            return _fail(str(exc), exc.code)
+        from .runner import JobRunner
+
+        runner = JobRunner(store, engine.pipeline, limits, args.device, masks=masks)
+        info = WorkerInfo(version=version, device=args.device, checkpoint=config.checkpoint, dtype=config.dtype_name,
+                          performance=engine.performance)
     app = create_app(store, runner, guard, limits, info, masks=masks)
     try:
         sock = _bind(args.host, args.port)

@@ -19,6 +19,7 @@ import threading
 import time
 import traceback
 import zipfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,7 @@ def write_result(frames: np.ndarray, fps: float, job_dir: Path) -> dict[str, Any
 # -- the loop --------------------------------------------------------------------------------------------------
 
 
-class _ProgressTracker:
+class ProgressTracker:
     """Turns engine ``ProgressEvent``s into progress columns, ETA and per-phase timings."""
 
     def __init__(self, store: JobStore, job_id: str):
@@ -176,7 +177,7 @@ def _fraction(window: int | None, num_windows: int | None, step: int | None, num
 
 
 class JobRunner:
-    """Owns the pipeline; runs one job at a time on its own thread."""
+    """Owns the pipeline; runs one job at a time on its own thread (the single-machine ``JobExecutor``)."""
 
     def __init__(self, store: JobStore, pipeline: Any, limits: UploadLimits, device: str, masks: Any = None):
         self.store = store
@@ -216,6 +217,15 @@ class JobRunner:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    def available_loras(self) -> dict[str, Path]:
+        return self.pipeline.available_loras()
+
+    def pinned_loras(self) -> dict[str, float] | None:
+        return pinned_loras(self.pipeline)
+
+    def cluster_info(self) -> None:
+        return None
+
     # -- the loop --
 
     def _loop(self) -> None:
@@ -241,7 +251,7 @@ class JobRunner:
             raise WorkerShutdown()
         return self._cancel.is_set()
 
-    def _auto_masks(self, job: JobRecord, spec: JobSpec, tracker: _ProgressTracker) -> Any:
+    def _auto_masks(self, job: JobRecord, spec: JobSpec, tracker: ProgressTracker) -> Any:
         """The ``fill_masks`` step of a job whose masks are 'auto': a "masks" phase run by SAM3, or None."""
         roles = [role for role, source in resolve_mask_sources(spec, job.inputs, auto_masks=True).items()
                  if source == "auto"]
@@ -269,98 +279,151 @@ class JobRunner:
         return fill
 
     def _run(self, job: JobRecord) -> None:
-        from backend.scail2 import CheckpointError, GenerationCancelled, Scail2InputError
-
         started = time.monotonic()
         job_dir = self.store.job_dir(job.id)
         spec = JobSpec.model_validate(job.spec)
-        tracker = _ProgressTracker(self.store, job.id)
-        cuda = self.device.startswith("cuda")
-        if cuda:
-            import torch
-
-            torch.cuda.reset_peak_memory_stats(self.device)
-        # Graphs compiled in this process during the job: > 0 means the job paid a compile (a size or window
-        # length that neither --warmup nor an earlier job covered). Multi-GPU ranks compile in their own processes.
-        in_process = hasattr(self.pipeline, "transformer")
-        graphs_before = compiled_graph_count()
-        status, error, manifest = "failed", None, None
-        resumed = 0
-        summary: dict[str, Any] = {}
+        tracker = ProgressTracker(self.store, job.id)
+        execution, manifest = None, None
         try:
             if self.store.is_cancel_requested(job.id):
-                raise GenerationCancelled("canceled before it started")
-            tracker.set_phase("decoding")
-            self.store.update_progress(job.id, phase="decoding")
-            request, prepared = build_request(spec, job.inputs, job_dir / "inputs", self.limits,
-                                              self.pipeline.available_loras(),
-                                              fill_masks=self._auto_masks(job, spec, tracker),
-                                              pinned_loras=pinned_loras(self.pipeline))
-            summary = _settings_summary(spec, request, prepared)
-            # Made at submission; written here only when a crash came between the commit and the previews.
-            write_quietly(write_input_thumbnails, job_dir,
-                          input_preview(request, spec.frame_range[0] if spec.frame_range else 0))
-            window_type = _window_type()
-            resume = [window_type.load(path) for _, path in self.store.finished_windows(job.id)]
-            resumed = len(resume)
-            next_frame = 0  # the next window's first frame in the result
-            for window in resume:
-                write_quietly(write_window_thumbnails, job_dir, int(window.index), next_frame, window.frames)
-                next_frame += int(window.frames.shape[0])
-
-            def on_window(window: Any) -> None:
-                nonlocal next_frame
-                index = int(window.index)
-                frames = save_window(window, self.store.window_path(job.id, index))
-                self.store.record_window(job.id, index, frames)
-                write_quietly(write_window_thumbnails, job_dir, index, next_frame, window.frames)
-                next_frame += frames
-
-            result = self.pipeline.generate(request, progress=tracker, should_cancel=self._should_cancel,
-                                            on_window=on_window, resume=resume)
-            tracker.set_phase("writing")
-            self.store.update_progress(job.id, phase="writing")
-            manifest = write_result(np.asarray(result.frames), float(result.fps), job_dir)
-            status = "succeeded"
+                execution = Execution("canceled")
+            else:
+                tracker.set_phase("decoding")
+                self.store.update_progress(job.id, phase="decoding")
+                resume = [window_type().load(path) for _, path in self.store.finished_windows(job.id)]
+                first_frame = spec.frame_range[0] if spec.frame_range else 0
+                execution = execute_job(
+                    self.pipeline, spec, job.inputs, job_dir / "inputs", self.limits, self.device, progress=tracker,
+                    should_cancel=self._should_cancel, on_window=WindowSink(self.store, job.id, resume),
+                    resume=resume, fill_masks=self._auto_masks(job, spec, tracker),
+                    # Made at submission; written here only when a crash came between the commit and the previews.
+                    on_request=lambda request: write_quietly(write_input_thumbnails, job_dir,
+                                                             input_preview(request, first_frame)))
+                if execution.result is not None:
+                    tracker.set_phase("writing")
+                    self.store.update_progress(job.id, phase="writing")
+                    manifest = write_result(np.asarray(execution.result.frames), float(execution.result.fps),
+                                            job_dir)
         except WorkerShutdown:
             self.store.requeue(job.id)
             log.info("job interrupted by shutdown; requeued", extra={"job": job.id})
             return
-        except GenerationCancelled:
-            status = "canceled"
-        except Exception as exc:  # noqa: BLE001 - every failure must end the job, not the worker
-            error = _describe_failure(exc, Scail2InputError, CheckpointError)
+        except Exception as exc:  # noqa: BLE001 - e.g. writing the result failed: the job fails, not the worker
+            execution = replace(execution or Execution("failed"), status="failed", error=describe_failure(exc),
+                                result=None)
         finally:
             tracker.finish()
-        peak_mb = None
-        if cuda:
-            import torch
-
-            peak_mb = round(torch.cuda.max_memory_allocated(self.device) / 2**20)
-        timings = {
-            "phases_s": {name: round(seconds, 3) for name, seconds in tracker.phase_seconds.items()},
-            "run_s": round(time.monotonic() - started, 3),
-            "queued_s": round((job.started_at or time.time()) - job.created_at, 3),
-            "peak_gpu_mb": peak_mb,
-            "resumed_windows": resumed,
-        }
-        if in_process:
-            timings["compiled_graphs"] = compiled_graph_count() - graphs_before
-            timings["warmup_paid"] = timings["compiled_graphs"] > 0
-        result_info = None
-        if manifest is not None:
-            result_info = {key: manifest[key] for key in ("frames", "fps", "width", "height")}
-        self.store.finish(job.id, status, error=error, result=result_info, timings=timings)
-        log.info(
-            "job finished",
-            extra={"job": job.id, "status": status, "attempt": job.attempts, "settings": summary,
-                   "timings": timings, "error": error},
-        )
+        finish_job(self.store, job, execution, manifest, tracker, started)
         self.job_finished.set()
 
 
-def _window_type() -> type:
-    from backend.scail2.pipelines.pipeline_scail2 import WindowResult
+class WindowSink:
+    """The ``on_window`` of a job: stores each finished window as it comes (file, then row, then the web page's
+    previews). Made with the windows a resumed job already has, whose previews it fills in if a crash skipped
+    them. Used by the runner and, for windows streamed back from cluster engines, by the gateway."""
+
+    def __init__(self, store: JobStore, job_id: str, resume: list[Any]):
+        self.store = store
+        self.job_id = job_id
+        self.job_dir = store.job_dir(job_id)
+        self.next_frame = 0  # the next window's first frame in the result
+        for window in resume:
+            write_quietly(write_window_thumbnails, self.job_dir, int(window.index), self.next_frame, window.frames)
+            self.next_frame += int(window.frames.shape[0])
+
+    def __call__(self, window: Any) -> None:
+        index = int(window.index)
+        frames = save_window(window, self.store.window_path(self.job_id, index))
+        self.store.record_window(self.job_id, index, frames)
+        write_quietly(write_window_thumbnails, self.job_dir, index, self.next_frame, window.frames)
+        self.next_frame += frames
+
+
+@dataclass
+class Execution:
+    """How one run of a job on an engine ended: its status, error or result, and what it cost there."""
+
+    status: str  # "succeeded", "canceled" or "failed"
+    error: dict[str, Any] | None = None
+    result: Any = None  # the engine's GenerationResult when succeeded
+    summary: dict[str, Any] = field(default_factory=dict)  # the resolved settings (size, steps, LoRAs ...)
+    resumed_windows: int = 0
+    timings: dict[str, Any] = field(default_factory=dict)  # peak_gpu_mb, compiled_graphs, warmup_paid
+
+
+def execute_job(pipeline: Any, spec: JobSpec, inputs: dict[str, Any], folder: Path, limits: UploadLimits,
+                device: str, *, progress: Any, should_cancel: Any, on_window: Any, resume: list[Any],
+                fill_masks: Any = None, on_request: Any = None) -> Execution:
+    """Run one job on a loaded engine: decode its stored inputs from ``folder``, generate (skipping the ``resume``
+    windows), and classify the outcome. The callbacks are the engine's (``progress``, ``should_cancel``,
+    ``on_window``), plus ``on_request`` with the decoded request; whatever ``should_cancel`` raises other than a
+    cancel (``WorkerShutdown``) propagates.
+
+    Shared by the single-machine runner and the engine actors of a Ray gateway; the caller persists windows and
+    the result.
+    """
+    from backend.scail2 import GenerationCancelled
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+    # Graphs compiled in this process during the job: > 0 means the job paid a compile (a size or window
+    # length that neither --warmup nor an earlier job covered). Multi-GPU ranks compile in their own processes.
+    in_process = hasattr(pipeline, "transformer")
+    graphs_before = compiled_graph_count()
+    execution = Execution("failed", resumed_windows=len(resume))
+    try:
+        request, prepared = build_request(spec, inputs, folder, limits, pipeline.available_loras(),
+                                          fill_masks=fill_masks, pinned_loras=pinned_loras(pipeline))
+        execution.summary = _settings_summary(spec, request, prepared)
+        if on_request is not None:
+            on_request(request)
+        execution.result = pipeline.generate(request, progress=progress, should_cancel=should_cancel,
+                                             on_window=on_window, resume=resume)
+        execution.status = "succeeded"
+    except GenerationCancelled:
+        execution.status = "canceled"
+    except WorkerShutdown:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure must end the job, not the worker
+        execution.error = describe_failure(exc)
+    if cuda:
+        import torch
+
+        execution.timings["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
+    if in_process:
+        execution.timings["compiled_graphs"] = compiled_graph_count() - graphs_before
+        execution.timings["warmup_paid"] = execution.timings["compiled_graphs"] > 0
+    return execution
+
+
+def finish_job(store: JobStore, job: JobRecord, execution: Execution, manifest: dict[str, Any] | None,
+               tracker: ProgressTracker, started: float, extra_timings: dict[str, Any] | None = None) -> None:
+    """Commit a job's final status with its timings and result metadata, and log it."""
+    timings = {
+        "phases_s": {name: round(seconds, 3) for name, seconds in tracker.phase_seconds.items()},
+        "run_s": round(time.monotonic() - started, 3),
+        "queued_s": round((job.started_at or time.time()) - job.created_at, 3),
+        "peak_gpu_mb": None,
+        "resumed_windows": execution.resumed_windows,
+        **execution.timings,
+        **(extra_timings or {}),
+    }
+    result_info = None
+    if manifest is not None:
+        result_info = {key: manifest[key] for key in ("frames", "fps", "width", "height")}
+    store.finish(job.id, execution.status, error=execution.error, result=result_info, timings=timings)
+    log.info(
+        "job finished",
+        extra={"job": job.id, "status": execution.status, "attempt": job.attempts, "settings": execution.summary,
+               "timings": timings, "error": execution.error},
+    )
+
+
+def window_type() -> type:
+    from backend.scail2 import WindowResult
 
     return WindowResult
 
@@ -384,13 +447,16 @@ def _settings_summary(spec: JobSpec, request: Any, prepared: Any) -> dict[str, A
     }
 
 
-def _describe_failure(exc: Exception, input_error: type, checkpoint_error: type) -> dict[str, Any]:
+def describe_failure(exc: Exception) -> dict[str, Any]:
+    """A job's ``error`` for an exception: input (names the field), checkpoint, or internal (logged)."""
+    from backend.scail2 import CheckpointError, Scail2InputError
+
     from .uploads import engine_error
 
-    if isinstance(exc, input_error):
+    if isinstance(exc, Scail2InputError):
         api = engine_error(exc)
         return {"type": "input", "field": api.field, "message": api.message}
-    if isinstance(exc, checkpoint_error):
+    if isinstance(exc, CheckpointError):
         return {"type": "checkpoint", "field": None, "message": str(exc)}
     from .errors import ApiError
 

@@ -254,6 +254,69 @@ class QueueInfo(BaseModel):
     running: int
 
 
+EngineState = Literal["placing", "loading", "idle", "busy", "failed", "releasing"]
+
+
+class ClusterNode(BaseModel):
+    """A node of the gateway's Ray cluster."""
+
+    id: str = Field(description="Ray node id (hex)")
+    address: str = Field(description="the node's IP address")
+    alive: bool
+    draining: bool = Field(description="being drained (ray drain-node): takes no new jobs, releases its engines")
+    gpus: float = Field(description="the node's GPUs (the gateway's --gpu-resource; 0 on a CPU-only head)")
+    labels: dict[str, str] = Field(description="the node's scail-* labels (ray start --labels)")
+    engines: int = Field(description="engine actors the gateway keeps on this node")
+    problem: str | None = Field(description="why an engine on this node failed to start (e.g. no checkpoint)")
+
+
+class EngineInfo(BaseModel):
+    """One engine actor: a pipeline loaded on one GPU (or one group of --gpus-per-job GPUs) of a node."""
+
+    name: str
+    node_id: str
+    node_address: str
+    state: EngineState = Field(description="placing (waiting for Ray to place it), loading, idle, busy, failed, "
+                               "releasing (its node drains or it sat idle)")
+    gpus: int
+    gpu_name: str | None
+    gpu_memory_gib: float | None
+    fp8: bool
+    pinned_loras: dict[str, float] | None
+    max_size: str | None = Field(description="largest job size this engine takes (node label scail-max-size)")
+    job_id: str | None = Field(description="the job it runs while busy")
+    jobs_done: int
+    since: float = Field(description="Unix time of its last state change")
+    load_s: float | None = Field(description="seconds it took to load the pipeline and apply the settings")
+    performance: PerformanceInfo | None
+    error: str | None
+
+
+class ClusterQueue(BaseModel):
+    queued: int
+    running: int
+    clients: int = Field(description="client namespaces (X-Client-Id) with queued or running jobs")
+    unplaceable: int = Field(description="queued jobs no current engine can run (size or pinned LoRAs): they "
+                             "wait for a node that can")
+
+
+class ClusterInfo(BaseModel):
+    """The gateway's view of its Ray cluster (``scail-worker serve --ray``), refreshed every few seconds."""
+
+    address: str = Field(description="the Ray address the gateway joined")
+    namespace: str = Field(description="Ray namespace of the engine actors")
+    connected: bool
+    gpu_resource: str = Field(description="the Ray resource one engine takes gpus_per_job of")
+    gpus_per_job: int
+    gpus: float = Field(description="GPUs on alive nodes")
+    engines_idle: int
+    engines_busy: int
+    engines_loading: int
+    nodes: list[ClusterNode]
+    engines: list[EngineInfo]
+    queue: ClusterQueue
+
+
 class HealthPublic(BaseModel):
     status: Literal["ok"]
     version: str
@@ -270,3 +333,6 @@ class Health(HealthPublic):
     features: dict[str, bool]
     performance: PerformanceInfo | None = Field(
         description="resolved performance settings (docs/PERFORMANCE.md); on --gpus N workers those of rank 0")
+    cluster: ClusterInfo | None = Field(
+        None, description="gateway mode (--ray): nodes, GPUs, engines and the fair-share queue; null on a single "
+        "machine. performance and gpu are then null: each engine reports its own")

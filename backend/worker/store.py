@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +129,16 @@ class JobRecord:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class QueuedJob:
+    """A queued job as a scheduler sees it: order, owner and settings."""
+
+    seq: int
+    id: str
+    namespace: str
+    spec: dict[str, Any]
+
+
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before for a different request."""
 
@@ -149,6 +159,9 @@ class JobStore:
         self.staging_root.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._write_lock = threading.Lock()
+        # Answers queue_position for an executor that starts queued jobs in another order than oldest first (a
+        # cluster gateway's fair share across clients): job -> jobs that start before it.
+        self.queue_order: Callable[[JobRecord], int] | None = None
         # executescript commits on its own; each CREATE is IF NOT EXISTS, so a crash part-way is harmless.
         self._connection().executescript(_SCHEMA)
         with self._transaction() as db:
@@ -289,6 +302,8 @@ class JobStore:
     def queue_position(self, job: JobRecord) -> int | None:
         if job.status != "queued":
             return None
+        if self.queue_order is not None:
+            return self.queue_order(job)
         (ahead,) = self._connection().execute(
             "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq < ?", (job.seq,)
         ).fetchone()
@@ -310,12 +325,31 @@ class JobStore:
             row = db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
             if row is None:
                 return None
-            db.execute(
-                "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), attempts = attempts + 1,"
-                " phase = 'starting', step = NULL, num_steps = NULL, eta = NULL WHERE id = ?",
-                (time.time(), row["id"]),
-            )
+            self._mark_running(db, row["id"])
         return self.get(row["id"])
+
+    def queued(self) -> list[QueuedJob]:
+        """Every queued job, oldest first, with what a scheduler needs to choose among them."""
+        rows = self._connection().execute(
+            "SELECT seq, id, namespace, spec FROM jobs WHERE status = 'queued' ORDER BY seq"
+        ).fetchall()
+        return [QueuedJob(row["seq"], row["id"], row["namespace"], json.loads(row["spec"])) for row in rows]
+
+    def claim(self, job_id: str) -> JobRecord | None:
+        """Atomically move this queued job to running (attempts + 1); None when it is no longer queued (canceled
+        or deleted meanwhile)."""
+        with self._transaction() as db:
+            if not self._mark_running(db, job_id):
+                return None
+        return self.get(job_id)
+
+    @staticmethod
+    def _mark_running(db: sqlite3.Connection, job_id: str) -> bool:
+        return db.execute(
+            "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), attempts = attempts + 1,"
+            " phase = 'starting', step = NULL, num_steps = NULL, eta = NULL WHERE id = ? AND status = 'queued'",
+            (time.time(), job_id),
+        ).rowcount == 1
 
     def update_progress(self, job_id: str, **fields: Any) -> None:
         unknown = set(fields) - set(PROGRESS_COLUMNS)
@@ -373,11 +407,13 @@ class JobStore:
         # Windows only matter for resuming; a finished job never resumes (its frames are in result/ if any).
         shutil.rmtree(self.job_dir(job_id) / "windows", ignore_errors=True)
 
-    def requeue(self, job_id: str) -> None:
-        """Put a running job back in the queue (the worker is shutting down); its windows are kept."""
+    def requeue(self, job_id: str, count_attempt: bool = True) -> None:
+        """Put a running job back in the queue (the worker is shutting down, or a cluster engine was lost); its
+        windows are kept. ``count_attempt`` False takes back the attempt its claim counted (it never started)."""
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET status = 'queued', phase = 'queued', step = NULL, eta = NULL "
-                       "WHERE id = ? AND status = 'running'", (job_id,))
+            db.execute("UPDATE jobs SET status = 'queued', phase = 'queued', step = NULL, eta = NULL, "
+                       "attempts = attempts - ? WHERE id = ? AND status = 'running'",
+                       (0 if count_attempt else 1, job_id))
 
     # -- client actions ----------------------------------------------------------------------------------------
 

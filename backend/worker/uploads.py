@@ -253,7 +253,7 @@ def check_job_loras(spec: JobSpec, effective: Mapping[str, float], pinned: Mappi
 
 
 def build_request(spec: JobSpec, inputs: Mapping[str, str], folder: Path, limits: UploadLimits,
-                  available_loras: Mapping[str, object], fill_masks: Callable[[Any], Any] | None = None,
+                  available_loras: Mapping[str, object] | None, fill_masks: Callable[[Any], Any] | None = None,
                   pinned_loras: Mapping[str, float] | None = None):
     """Decode the stored files of a job and build the engine's ``GenerationRequest``, validated.
 
@@ -325,7 +325,9 @@ def build_request(spec: JobSpec, inputs: Mapping[str, str], folder: Path, limits
             request.segment_len = spec.segment_len
         if fill_masks is not None:
             request = fill_masks(request)
-        check_loras_available(request.effective_loras, available_loras, spec.preset if spec.loras is None else None)
+        if available_loras is not None:  # None: a gateway before any engine reported; checked when it runs
+            check_loras_available(request.effective_loras, available_loras,
+                                  spec.preset if spec.loras is None else None)
         check_job_loras(spec, request.effective_loras, pinned_loras)
         prepared = prepare_inputs(request)
         windows = Scail2Pipeline.plan_windows(prepared.num_frames, request)  # window lengths are checked here
