@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,9 @@ import requests
 from PIL import Image
 
 from backend.launcher import LocalWorker
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "worker"))
+from worker_helpers import wait_until  # noqa: E402  (re-exported for the cluster tests)
 
 GPU = "gpu_stub"
 OBJECT_STORE_BYTES = 80 * 2**20
@@ -129,13 +131,3 @@ class Gateway:
         self.session.close()
         return self.worker.stop()
 
-
-def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1):
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not reached within {timeout} s")
