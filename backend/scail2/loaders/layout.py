@@ -184,7 +184,7 @@ def _find_dit(roots: Sequence[Path]) -> tuple[Path, Literal["sat", "wan"]]:
                 if _is_dit_file(candidate):
                     return candidate, "wan"
     hint = (
-        "Download the official checkpoint (huggingface-cli download zai-org/SCAIL-2 --local-dir DIR) or put a "
+        "Download the official checkpoint (hf download zai-org/SCAIL-2 --local-dir DIR) or put a "
         "converted DiT (convert.py output, or Comfy-Org's wan2.1_14B_SCAIL_2_fp16.safetensors) in DIR/diffusion_models/."
     )
     if skipped_quantized:
