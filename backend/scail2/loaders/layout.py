@@ -84,6 +84,13 @@ class CheckpointLayout:
     configs: dict[str, dict] = field(default_factory=dict)
     untrained: bool = False
 
+    def weight_files(self) -> list[Path]:
+        """Every weights file this layout uses: the DiT, the encoders and VAE given as official single files, and
+        the LoRAs (diffusers folders are read whole when they load)."""
+        files = [self.dit]
+        files += [s.path for s in (self.text_encoder, self.image_encoder, self.vae) if s.format == "official"]
+        return files + list(self.loras.values())
+
     def describe(self) -> str:
         lines = [f"checkpoint {self.root}" + (" (UNTRAINED tiny test checkpoint)" if self.untrained else "")]
         lines.append(f"  dit ({self.dit_format}): {self.dit}")

@@ -312,6 +312,32 @@ def open_state_dict(path: str | Path) -> LazyStateDict:
     return LazyStateDict(refs, path)
 
 
+def check_file_header(path: str | Path) -> None:
+    """Read only the header of a checkpoint file and check that the file holds every byte it announces, without
+    reading the tensors (milliseconds, even for a 65 GB file). Raises :class:`CheckpointError` naming ``path``."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(SAFETENSORS_SUFFIXES):
+        _open_safetensors(path)  # safetensors refuses a file shorter than its header's offsets
+        return
+    if name.endswith(".safetensors.index.json"):
+        _open_safetensors_index(path)
+        return
+    if not name.endswith(TORCH_SUFFIXES):
+        open_state_dict(path)  # the unknown-format error
+    _check_readable(path)
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            end = max(info.header_offset + len(info.FileHeader()) + info.compress_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: not a complete PyTorch zip checkpoint ({exc}); it is probably truncated: download it again"
+        ) from exc
+    if end > size:
+        raise CheckpointError(f"{path}: the file is truncated ({size} of at least {end} bytes); download it again")
+
+
 @contextmanager
 def meta_init():
     """Build modules with parameters on the ``meta`` device (no memory), buffers as usual.

@@ -41,6 +41,7 @@ from ..conditioning.segments import Window, official_windows, padded_windows
 from ..errors import CheckpointError, GenerationCancelled, Scail2InputError
 from ..loaders.layout import CheckpointLayout, resolve_checkpoint
 from ..loaders.lora import LoraManager
+from ..loaders.weights import check_file_header
 from ..models.image_encoder import ClipImageEncoder
 from ..models.text_encoder import UMT5TextEncoder
 from ..models.transformer_scail2 import SCAIL2Transformer, config_from_official
@@ -255,6 +256,10 @@ class Scail2Pipeline:
         """
         device = torch.device(device)
         layout = resolve_checkpoint(folder, extra_roots)
+        for path in layout.weight_files():
+            # Headers only: a truncated file (a LoRA that only a later job would use included) fails now, naming
+            # itself, instead of after minutes of loading or in that later job.
+            check_file_header(path)
         if layout.untrained:
             logger.warning("%s is an UNTRAINED tiny test checkpoint: its output is noise", layout.root)
         encoder_device = (
