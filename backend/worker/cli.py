@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="cuda", help="cpu, cuda or cuda:N")
     serve.add_argument("--gpus", type=int, default=1,
                        help="run each job across this many GPUs of the host, one process per GPU (sequence parallel)")
-    serve.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
-                       help="weight dtype (default bfloat16 on CUDA, float32 on CPU)")
+    from backend.scail2.accel.options import add_dtype_argument, add_performance_arguments
+
+    add_dtype_argument(serve)
     serve.add_argument("--max-upload-mb", type=float, default=2048.0, help="largest accepted submission")
     serve.add_argument("--max-frames", type=int, default=2400, help="most frames per driving clip")
     serve.add_argument("--max-seconds", type=float, default=600.0, help="longest driving clip")
@@ -65,8 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SAM3 weights folder (facebook/sam3 layout): enables 'auto' masks and POST /v1/masks")
     serve.add_argument("--log-file", type=Path, default=None, help="also write the JSON log lines here")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    from backend.scail2.accel.options import add_performance_arguments
-
     performance = add_performance_arguments(serve)
     performance.add_argument("--loras", default=None, metavar="NAME=S,...",
                              help="LoRAs fused at start, e.g. lightx2v=0.8,dpo=1.0 (or none). With --fp8 they are "

@@ -34,7 +34,7 @@ class EngineConfig:
 
     checkpoint: str
     device: str = "cuda"
-    dtype: str | None = None  # None: bfloat16 on CUDA, float32 on the CPU
+    dtype: str | None = None  # any --dtype spelling (bf16, bfloat16 ...); None: bfloat16 on CUDA, float32 on the CPU
     gpus: int = 1  # > 1: each job runs sequence-parallel over this many GPUs (MultiProcessPipeline)
     performance: dict[str, Any] = field(default_factory=dict)
     loras: dict[str, float] | None = None  # fused at start (with fp8: pinned); None: the checkpoint's default
@@ -42,7 +42,9 @@ class EngineConfig:
 
     @property
     def dtype_name(self) -> str:
-        return self.dtype or ("bfloat16" if self.device.startswith("cuda") else "float32")
+        from backend.scail2.accel.options import resolve_dtype
+
+        return resolve_dtype(self.dtype, self.device)
 
     def check(self, gpus_flag: str = "--gpus") -> None:
         """Flag combinations no engine can run (raised before anything loads; ``gpus_flag`` names ``gpus``)."""

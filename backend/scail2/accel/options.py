@@ -32,6 +32,23 @@ _BOOLEAN_FLAGS = {
     "vae_tiling": ("--vae-tiling", "spatially tiled VAE encode/decode (default on 24 GB cards)"),
 }
 PERFORMANCE_FIELDS = ("attention_backend", "cross_attention_backend", *_BOOLEAN_FLAGS, "offload_encoders")
+# --dtype spellings both command lines accept: the short ones and torch's own names.
+DTYPE_NAMES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
+               "fp32": "float32", "float32": "float32"}
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
+    """``--dtype``, with one spelling set for ``scail2-generate`` and ``scail-worker``."""
+    parser.add_argument("--dtype", choices=list(DTYPE_NAMES), default=None,
+                        help="weight dtype: bf16 (= bfloat16), fp16 (= float16) or fp32 (= float32); default bf16 "
+                        "on a GPU, fp32 on the CPU")
+
+
+def resolve_dtype(name: str | None, device: torch.device | str) -> str:
+    """torch's name of the ``--dtype`` given (any accepted spelling), or of the device's default."""
+    if name is None:
+        return "bfloat16" if torch.device(device).type == "cuda" else "float32"
+    return DTYPE_NAMES[name]
 
 
 def add_performance_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
