@@ -233,19 +233,102 @@ def _pipeline_components(set_dir: Path, config: dict):
     return transformer, text_encoder, image_encoder, video_vae
 
 
-def check_pipeline(set_dir: Path) -> list[Record]:
-    """The whole official ``generate()``: video max abs error, and every trace tensor both sides produce."""
+# generate() arguments that are tensors: whether the run needs it, and the inputs.safetensors key that holds it when
+# generate_args does not name one.
+_TENSOR_ARGS = {
+    "img": (True, "img"),
+    "ref_mask_img": (True, "ref_mask_img"),
+    "pose_video": (True, "pose_video"),
+    "driving_mask_video": (True, "driving_mask_video"),
+    "additional_ref_imgs": (False, "additional_ref_imgs"),
+    "additional_ref_mask_imgs": (False, "additional_ref_mask_imgs"),
+}
+
+
+class _FixtureTensors:
+    """The tensor files of a pipeline set, read on first use, and ``FILE:KEY`` names resolved against them."""
+
+    def __init__(self, set_dir: Path):
+        self.set_dir = set_dir
+        self.files: dict[str, dict[str, torch.Tensor]] = {}
+
+    def file(self, stem: str, where: str = "the set") -> dict[str, torch.Tensor]:
+        if stem not in self.files:
+            path = self.set_dir / f"{stem}.safetensors"
+            if not path.is_file():
+                raise Scail2Error(f"{self.set_dir / 'config.json'}: {where} names {stem}.safetensors, which the set "
+                                  "does not have")
+            self.files[stem] = _tensors(path)
+        return self.files[stem]
+
+    def get(self, reference: str, where: str) -> torch.Tensor:
+        stem, _, key = reference.rpartition(":")
+        tensors = self.file(stem or "inputs", where)
+        if key not in tensors:
+            raise Scail2Error(
+                f"{self.set_dir / 'config.json'}: {where} names {reference!r}, but {stem or 'inputs'}.safetensors "
+                f"has no tensor {key!r} (it has {sorted(tensors)})"
+            )
+        return tensors[key]
+
+
+def _names_a_tensor(set_dir: Path, value: Any) -> bool:
+    """Whether a generate_args value is a ``FILE:KEY`` name of this set (a prompt such as "style: x" is not)."""
+    if isinstance(value, list):
+        return any(_names_a_tensor(set_dir, item) for item in value)
+    stem, colon, _key = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    return bool(colon and stem) and (set_dir / f"{stem}.safetensors").is_file()
+
+
+def resolve_generate_inputs(set_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
+    """The tensors ``generate()`` received, found by the names ``config.json`` -> ``generate_args`` gives them.
+
+    A value is ``"FILE:KEY"`` (a tensor of ``FILE.safetensors``; ``inputs:img`` is ``img`` in
+    ``inputs.safetensors``), a list of such names (one tensor each, e.g. one per additional reference, which is also
+    how a stacked tensor of several is returned), or null. An argument generate_args leaves out is read from its
+    usual key when present. A name that points nowhere, or a tensor name on an argument this check cannot pass,
+    raises naming it: nothing is silently left out.
+    """
+    tensors = _FixtureTensors(set_dir)
+    resolved: dict[str, Any] = {}
+    for name, (required, usual_key) in _TENSOR_ARGS.items():
+        where = f"generate_args.{name}"
+        value = args.get(name, f"inputs:{usual_key}" if usual_key in tensors.file("inputs") else None)
+        if isinstance(value, list):
+            value = [tensors.get(item, f"{where}[{index}]") for index, item in enumerate(value)]
+        elif value is not None:
+            value = tensors.get(value if ":" in value else f"inputs:{value}", where)
+        if value is None and required:
+            raise Scail2Error(f"{set_dir / 'config.json'}: {where} is missing and inputs.safetensors has no "
+                              f"{usual_key!r}; the run needs it")
+        if name.startswith("additional_"):
+            value = [] if value is None else list(value)  # a list of names, or one stacked [N, 3, H, W] tensor
+        resolved[name] = value
+    unknown = [name for name, value in args.items() if name not in _TENSOR_ARGS and _names_a_tensor(set_dir, value)]
+    if unknown:
+        raise Scail2Error(f"{set_dir / 'config.json'}: generate_args {unknown} name input tensors this check does "
+                          f"not pass to the pipeline (it passes {sorted(_TENSOR_ARGS)})")
+    if len(resolved["additional_ref_imgs"]) != len(resolved["additional_ref_mask_imgs"]):
+        raise Scail2Error(f"{set_dir / 'config.json'}: {len(resolved['additional_ref_imgs'])} additional reference "
+                          f"images but {len(resolved['additional_ref_mask_imgs'])} masks")
+    for name in ("prompt_ids", "negative_prompt_ids"):
+        if name in tensors.file("inputs"):
+            resolved[name] = tensors.file("inputs")[name]
+    if "prompt_ids" not in resolved:
+        raise Scail2Error(f"{set_dir / 'inputs.safetensors'}: no 'prompt_ids' (the token ids fed in place of the "
+                          "tokenizer)")
+    return resolved
+
+
+def run_pipeline_set(set_dir: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The official ``generate()`` of a pipeline set run by this implementation: the video and its trace."""
     from ..conditioning.segments import official_windows
     from ..pipelines.pipeline_scail2 import EncodedConditions, FrameSource, Scail2Pipeline
     from ..schedulers.presets import SamplingSettings
 
     config = _json(set_dir / "config.json")
-    inputs = _tensors(set_dir / "inputs.safetensors")
-    expected_video = _tensors(set_dir / "output.safetensors")["video"]
-    expected_trace = (
-        _tensors(set_dir / "trace.safetensors") if (set_dir / "trace.safetensors").is_file() else {}
-    )
     args = config["generate_args"]
+    inputs = resolve_generate_inputs(set_dir, args)
     transformer, text_encoder, image_encoder, vae = _pipeline_components(set_dir, config)
     pipe = Scail2Pipeline(transformer, text_encoder, image_encoder, vae, device="cpu")
 
@@ -271,10 +354,8 @@ def check_pipeline(set_dir: Path) -> list[Record]:
     context_null = encode_ids(inputs["negative_prompt_ids"]) if "negative_prompt_ids" in inputs else None
     image = inputs["img"]
     clip_features = pipe.encode_image(image)
-    extra_images = list(inputs["additional_ref_imgs"]) if "additional_ref_imgs" in inputs else []
-    extra_masks = list(inputs["additional_ref_mask_imgs"]) if "additional_ref_mask_imgs" in inputs else []
     ref_latent, ref_mask, extra_latents, extra_mask = pipe.encode_references(
-        image, inputs["ref_mask_img"], extra_images, extra_masks
+        image, inputs["ref_mask_img"], inputs["additional_ref_imgs"], inputs["additional_ref_mask_imgs"]
     )
     conditions = EncodedConditions(
         context,
@@ -311,6 +392,16 @@ def check_pipeline(set_dir: Path) -> list[Record]:
         trace=trace,
     )
     video = torch.cat([trace[f"w{w.index}_video"][:, w.history :] for w in windows], dim=1)
+    return video, trace
+
+
+def check_pipeline(set_dir: Path) -> list[Record]:
+    """The whole official ``generate()``: video max abs error, and every trace tensor both sides produce."""
+    expected_video = _tensors(set_dir / "output.safetensors")["video"]
+    expected_trace = (
+        _tensors(set_dir / "trace.safetensors") if (set_dir / "trace.safetensors").is_file() else {}
+    )
+    video, trace = run_pipeline_set(set_dir)
     name = set_dir.name
     video_error = float("inf")
     if video.shape == expected_video.shape:
