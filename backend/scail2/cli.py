@@ -3,9 +3,13 @@
     scail2-generate --checkpoint ~/models/SCAIL-2 --reference ref.png --driving dance.mp4 \\
         --prompt "a knight dancing in a courtyard" --mode animation --preset fast --size 512p --out out/
 
-Masks: ``--reference-mask`` / ``--driving-mask`` take palette masks; without them the reference / driving clip
-must have an alpha channel (RGBA PNG, PNG sequence or a video with alpha). Driving sources: a video file, a zip or
-folder of PNG frames (give ``--fps``), or one image. Errors a user can fix print one line and exit with status 2.
+Masks, the choices the Blender add-on offers: ``--reference-mask alpha|auto|FILE`` and
+``--driving-mask alpha|frame|auto|FILE`` (alpha: the input's alpha channel, the default; frame: the whole frame
+is the subject; auto: SAM3 with ``--sam3 DIR``; FILE: a palette mask). ``--frames IN:OUT`` picks driving frames
+(1-based, inclusive, like the add-on's In/Out). Driving sources: a video file, a zip or folder of PNG frames (give
+``--fps``), or one image. Memory is estimated before decoding (``--max-decoded-gb``) and before generating
+(``--max-memory-gb``, default: what the system has free). Errors a user can fix print one line and exit with
+status 2.
 """
 
 from __future__ import annotations
@@ -14,15 +18,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from .conditioning.media import read_clip, read_image
-from .conditioning.request import ExtraReference, GenerationRequest, validate_request
+import numpy as np
+
+from .conditioning.masks import mask_from_alpha
+from .conditioning.media import VideoClip, clip_geometry, read_clip, read_image
+from .conditioning.request import ExtraReference, GenerationRequest, resolve_size, validate_request
 from .errors import GenerationCancelled, Scail2Error
 from .schedulers.presets import PRESET_NAMES, SamplingSettings
 from .schedulers.samplers import SAMPLERS
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--driving", required=True, type=Path, help="driving video, zip/folder of PNG frames, or image"
     )
-    parser.add_argument("--reference-mask", type=Path, help="palette mask of the reference")
     parser.add_argument(
-        "--driving-mask", type=Path, help="palette mask video / frames, one per driving frame"
+        "--reference-mask", default="alpha", metavar="alpha|auto|FILE",
+        help="what marks the subject in the reference: alpha (its alpha channel, e.g. a PNG with a transparent "
+        "background; the default), auto (SAM3, with --sam3 DIR) or a palette mask image",
+    )
+    parser.add_argument(
+        "--driving-mask", default="alpha", metavar="alpha|frame|auto|FILE",
+        help="what marks the subject in the driving frames: alpha (the clip's alpha channel; the default), frame "
+        "(the whole frame is the subject: close-ups, or footage without a mask), auto (SAM3, with --sam3 DIR) or a "
+        "palette mask video / zip / folder of PNGs, one frame per driving frame",
+    )
+    parser.add_argument(
+        "--frames", default=None, metavar="IN:OUT",
+        help="driving frames to use, 1-based and inclusive like the add-on's In/Out (e.g. 1:81; IN: or :OUT "
+        "leave an end open); applies to a driving mask file too",
+    )
+    parser.add_argument(
+        "--max-decoded-gb", type=float, default=8.0,
+        help="memory budget for the decoded driving clip and its mask, checked before decoding (default 8)",
+    )
+    parser.add_argument(
+        "--max-memory-gb", type=float, default=None,
+        help="memory the generation may use, checked before it starts (default: what the system has free)",
     )
     parser.add_argument(
         "--fps", type=float, help="frame rate of PNG-sequence driving inputs (video files: ignored)"
@@ -79,18 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep (pad) or drop (official) the frames after the last full window",
     )
     parser.add_argument(
-        "--color-anchor", action="store_true", help="match later windows' colours to the first"
+        "--color-anchor", choices=("auto", "on", "off"), nargs="?", const="on", default="auto",
+        help="match each later window's colours to the first window's, against colour drift on long clips; auto "
+        "(the default): on when the clip needs more than one window",
     )
     parser.add_argument(
         "--noise-mode", choices=("cpu", "official"), default="cpu", help="where the noise is drawn"
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument(
-        "--dtype",
-        choices=sorted(DTYPES),
-        default=None,
-        help="weight dtype (default: bf16 on GPU, fp32 on CPU)",
-    )
+    from .accel.options import add_dtype_argument
+
+    add_dtype_argument(parser)
     parser.add_argument(
         "--out", required=True, type=Path, help="output folder (PNG frames, result.mp4, result.json)"
     )
@@ -122,8 +147,81 @@ def _parse_loras(values: list[str]) -> dict[str, float] | None:
     return loras
 
 
+def parse_frames(text: str | None) -> tuple[int, int | None]:
+    """``--frames IN:OUT`` (1-based, inclusive) -> [start, end) 0-based; (0, None) for the whole clip."""
+    if text is None:
+        return 0, None
+    first, sep, last = text.partition(":")
+    try:
+        start = int(first) if first.strip() else 1
+        end = int(last) if last.strip() else None
+    except ValueError:
+        sep = ""
+    if not sep or start < 1 or (end is not None and end < start):
+        raise Scail2Error(f"--frames {text!r}: use IN:OUT with 1 <= IN <= OUT, e.g. 1:81 (IN: or :OUT leave an end "
+                          "open)")
+    return start - 1, end
+
+
+def _check_decoded_size(args: argparse.Namespace, end: int | None) -> None:
+    """The driving clip (and a mask file) decoded up to ``end`` must fit ``--max-decoded-gb``: checked on headers
+    alone, so a clip that would not fit fails at once instead of filling memory."""
+    sources = {"driving": args.driving}
+    if args.driving_mask not in (None, "alpha", "frame"):
+        sources["driving_mask"] = args.driving_mask
+    geometries = [clip_geometry(path, field, end) for field, path in sources.items()]
+    need = sum(g.decoded_bytes for g in geometries)
+    if need > args.max_decoded_gb * 2**30:
+        first = geometries[0]
+        raise Scail2Error(
+            f"{first.frames} driving frames of {first.width}x{first.height} decode to {need / 2**30:.1f} GiB"
+            f"{' with their mask' if len(geometries) > 1 else ''}, more than --max-decoded-gb "
+            f"{args.max_decoded_gb:g}; pick fewer with --frames IN:OUT, use a smaller clip or raise --max-decoded-gb"
+        )
+
+
+def _reference_mask(args: argparse.Namespace, reference: np.ndarray) -> np.ndarray | None:
+    """None for 'auto' (filled in later) and for 'alpha' (the engine reads the alpha); else the mask file."""
+    choice = args.reference_mask
+    if choice is None:
+        return None
+    if choice == "alpha":
+        if reference.shape[-1] != 4:
+            raise Scail2Error(
+                f"--reference-mask alpha: {args.reference} has no alpha channel to mark the subject; give a PNG with "
+                "a transparent background, a palette mask (--reference-mask FILE) or --reference-mask auto (SAM3, "
+                "with --sam3 DIR)"
+            )
+        return None
+    return read_image(choice, field="reference_mask")
+
+
+def _driving_mask(args: argparse.Namespace, driving: VideoClip, start: int, end: int | None) -> VideoClip | None:
+    """None for 'auto' and 'alpha' (as for the reference); the whole frame as the subject for 'frame'; else the
+    mask file, cut to the same frames as the clip."""
+    choice = args.driving_mask
+    if choice is None:
+        return None
+    if choice == "alpha":
+        if driving.frames.shape[-1] != 4:
+            raise Scail2Error(
+                f"--driving-mask alpha: {args.driving} has no alpha channel to mark the subject; give --driving-mask "
+                "frame (the whole frame is the subject), a palette mask (--driving-mask FILE) or --driving-mask auto "
+                "(SAM3, with --sam3 DIR)"
+            )
+        return None
+    if choice == "frame":
+        whole = np.full(driving.frames.shape[:3], 255, np.uint8)
+        return VideoClip(mask_from_alpha(whole, args.mode, "driving"), driving.fps)
+    # A mask sequence plays at the driving clip's rate: their frames correspond one to one.
+    mask = read_clip(choice, field="driving_mask", fps=driving.fps, end=end)
+    mask.frames = mask.frames[start:]
+    return mask
+
+
 def build_request(args: argparse.Namespace) -> GenerationRequest:
     """The generation request the command line describes (reads every input file)."""
+    resolve_size(args.size, (1, 1))  # a malformed --size fails before any file is read
     sampling = SamplingSettings.from_preset(
         args.preset,
         steps=args.steps,
@@ -144,17 +242,18 @@ def build_request(args: argparse.Namespace) -> GenerationRequest:
         mask = read_image(mask_path, field=f"{field}.mask") if mask_path else None
         extras.append(ExtraReference(image, mask))
     reference = read_image(args.reference, field="reference")
-    reference_mask = read_image(args.reference_mask, field="reference_mask") if args.reference_mask else None
-    driving = read_clip(args.driving, field="driving", fps=args.fps)
-    # A mask sequence plays at the driving clip's rate: their frames correspond one to one.
-    driving_mask = (
-        read_clip(args.driving_mask, field="driving_mask", fps=driving.fps) if args.driving_mask else None
-    )
-    return GenerationRequest(
+    reference_mask = _reference_mask(args, reference)
+    start, end = parse_frames(args.frames)
+    _check_decoded_size(args, end)
+    driving = read_clip(args.driving, field="driving", fps=args.fps, end=end)
+    if start >= driving.num_frames:
+        raise Scail2Error(f"--frames {args.frames}: {args.driving} has only {driving.num_frames} frames")
+    driving.frames = driving.frames[start:]
+    request = GenerationRequest(
         reference=reference,
         reference_mask=reference_mask,
         driving=driving,
-        driving_mask=driving_mask,
+        driving_mask=_driving_mask(args, driving, start, end),
         extra_references=extras,
         mode=args.mode,
         prompt=args.prompt,
@@ -165,7 +264,22 @@ def build_request(args: argparse.Namespace) -> GenerationRequest:
         segment_len=args.segment_len,
         segment_overlap=args.segment_overlap,
         tail=args.tail,
-        color_anchor=args.color_anchor,
+    )
+    return request
+
+
+def _check_memory(args: argparse.Namespace, pipe, request: GenerationRequest, height: int, width: int,
+                  windows: list) -> None:
+    """The generation's memory against what is free (or ``--max-memory-gb``), before it starts."""
+    from .pipelines.memory import GIB, check_generation_memory, estimate_generation_memory
+
+    frames = request.driving.num_frames
+    estimate = estimate_generation_memory(pipe, frames, height, width, windows, len(request.extra_references))
+    limit = None if args.max_memory_gb is None else int(args.max_memory_gb * GIB)
+    check_generation_memory(
+        estimate, f"--size {width}x{height} with {frames} frames", limit,
+        advice="use a smaller --size, fewer --frames or a shorter --segment-len"
+        + (", or raise --max-memory-gb" if limit is not None else ""),
     )
 
 
@@ -223,7 +337,6 @@ def main(argv: list[str] | None = None) -> int:
         from .pipelines.pipeline_scail2 import Scail2Pipeline
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype_name = args.dtype or ("bf16" if device.startswith("cuda") else "fp32")
         out = args.out.expanduser()
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
             raise Scail2Error(f"{out} is not empty; choose another --out or pass --overwrite")
@@ -231,17 +344,20 @@ def main(argv: list[str] | None = None) -> int:
 
         auto_masks = AutoMaskHook.take(args)  # removes the 'auto' values so build_request reads only files
         request = auto_masks.apply(build_request(args))
-        validate_request(request)  # fail on bad inputs before the (slow) model load
-        from .accel.options import settings_for, transformer_load_device
+        height, width = validate_request(request)  # fail on bad inputs before the (slow) model load
+        windows = Scail2Pipeline.plan_windows(request.driving.num_frames, request)
+        request.color_anchor = len(windows) > 1 if args.color_anchor == "auto" else args.color_anchor == "on"
+        from .accel.options import resolve_dtype, settings_for, transformer_load_device
 
         settings = settings_for(device, args)
         pipe = Scail2Pipeline.from_pretrained(
-            args.checkpoint, device=device, dtype=getattr(torch, DTYPES[dtype_name]),
+            args.checkpoint, device=device, dtype=getattr(torch, resolve_dtype(args.dtype, device)),
             transformer_device=transformer_load_device(settings, device),
         )
         # Under torchrun the DiT's forwards are split across the launched processes (a no-op otherwise).
         parallelize_from_environment(pipe.transformer)
         performance = _prepare_performance(pipe, settings, request)
+        _check_memory(args, pipe, request, height, width, windows)
         result = pipe.generate(request, progress=bar)
         bar.close()
         result.settings["performance"] = performance

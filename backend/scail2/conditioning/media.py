@@ -225,20 +225,30 @@ def _stack_frames(frames: list[np.ndarray], source: str, field: str) -> np.ndarr
     return np.stack(frames)
 
 
+def _zip_frame_names(archive: zipfile.ZipFile) -> list[str]:
+    return sorted(
+        (n for n in archive.namelist() if n.lower().endswith(".png") and not n.startswith("__MACOSX")),
+        key=_natural_key,
+    )
+
+
+def _folder_frame_names(path: Path) -> list[str]:
+    return sorted((p.name for p in path.iterdir() if p.suffix.lower() == ".png"), key=_natural_key)
+
+
 def read_frame_zip(
-    path: str | Path, fps: float, field: str = "video", limits: MediaLimits = DEFAULT_LIMITS
+    path: str | Path, fps: float, field: str = "video", limits: MediaLimits = DEFAULT_LIMITS,
+    end: int | None = None,
 ) -> VideoClip:
-    """A zip of PNG frames (sorted by name, numbers compared numerically) -> ``VideoClip`` at ``fps``."""
+    """A zip of PNG frames (sorted by name, numbers compared numerically) -> ``VideoClip`` at ``fps``;
+    ``end`` reads only the first ``end`` frames."""
     path = Path(path)
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise Scail2InputError(f"{path}: not a readable zip of PNG frames ({exc})", field=field) from exc
     with archive:
-        names = sorted(
-            (n for n in archive.namelist() if n.lower().endswith(".png") and not n.startswith("__MACOSX")),
-            key=_natural_key,
-        )
+        names = _zip_frame_names(archive)[:end]
         if len(names) > limits.max_frames:
             raise Scail2InputError(
                 f"{path}: {len(names)} frames is more than the {limits.max_frames}-frame limit", field=field
@@ -248,11 +258,12 @@ def read_frame_zip(
 
 
 def read_frame_folder(
-    path: str | Path, fps: float, field: str = "video", limits: MediaLimits = DEFAULT_LIMITS
+    path: str | Path, fps: float, field: str = "video", limits: MediaLimits = DEFAULT_LIMITS,
+    end: int | None = None,
 ) -> VideoClip:
-    """A folder of PNG frames (sorted like ``read_frame_zip``) -> ``VideoClip`` at ``fps``."""
+    """A folder of PNG frames (sorted like ``read_frame_zip``) -> ``VideoClip`` at ``fps``; ``end`` as there."""
     path = Path(path)
-    names = sorted((p.name for p in path.iterdir() if p.suffix.lower() == ".png"), key=_natural_key)
+    names = _folder_frame_names(path)[:end]
     if len(names) > limits.max_frames:
         raise Scail2InputError(
             f"{path}: {len(names)} frames is more than the {limits.max_frames}-frame limit", field=field
@@ -267,30 +278,89 @@ def _check_fps(fps: float, field: str) -> float:
     return float(fps)
 
 
-def read_clip(
-    path: str | Path, field: str = "video", fps: float | None = None, limits: MediaLimits = DEFAULT_LIMITS
-) -> VideoClip:
-    """Any supported driving source: a video file, a zip or folder of PNGs, or a single image (one frame).
-
-    ``fps`` is required for frame sequences and images, and overrides nothing for video files.
-    """
-    path = Path(path)
+def _check_clip_source(path: Path, field: str, fps: float | None, needs_fps: bool = True) -> None:
     if not path.exists():
         raise Scail2InputError(f"{path}: file not found", field=field)
     suffix = path.suffix.lower()
-    is_sequence = path.is_dir() or suffix == ".zip"
-    if (is_sequence or suffix in IMAGE_SUFFIXES) and fps is None:
+    if needs_fps and (path.is_dir() or suffix == ".zip" or suffix in IMAGE_SUFFIXES) and fps is None:
         raise Scail2InputError(
             f"{path}: frame sequences and images carry no frame rate; give one (--fps on the command line)",
             field=field,
         )
+
+
+def read_clip(
+    path: str | Path, field: str = "video", fps: float | None = None, limits: MediaLimits = DEFAULT_LIMITS,
+    end: int | None = None,
+) -> VideoClip:
+    """Any supported driving source: a video file, a zip or folder of PNGs, or a single image (one frame).
+
+    ``fps`` is required for frame sequences and images, and overrides nothing for video files. ``end`` stops
+    decoding after that many frames (the rest of a long clip is never held in memory).
+    """
+    path = Path(path)
+    _check_clip_source(path, field, fps)
+    suffix = path.suffix.lower()
     if path.is_dir():
-        return read_frame_folder(path, fps, field, limits)
+        return read_frame_folder(path, fps, field, limits, end)
     if suffix == ".zip":
-        return read_frame_zip(path, fps, field, limits)
+        return read_frame_zip(path, fps, field, limits, end)
     if suffix in IMAGE_SUFFIXES:
         return VideoClip(read_image(path, field, limits)[None], _check_fps(fps, field))
-    return read_video(path, field, limits)
+    return read_video(path, field, limits, max_frames=end)
+
+
+@dataclass(frozen=True)
+class ClipGeometry:
+    """What decoding a clip will hold in memory, known from headers only."""
+
+    frames: int
+    width: int
+    height: int
+    channels: int
+
+    @property
+    def decoded_bytes(self) -> int:
+        return self.frames * self.width * self.height * self.channels
+
+
+def _image_header(source: str, stream, field: str) -> tuple[int, int, int]:
+    """(width, height, channels) of an image file or stream, from its header."""
+    try:
+        with Image.open(stream) as image:
+            has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+            return image.width, image.height, 4 if has_alpha else 3
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise Scail2InputError(f"{source}: not a readable image ({exc})", field=field) from exc
+
+
+def clip_geometry(path: str | Path, field: str = "video", end: int | None = None) -> ClipGeometry:
+    """Frames (up to ``end``), size and channels of what ``read_clip`` would decode, from headers alone: a video
+    is probed by ffmpeg, a frame sequence counted and its first frame's header read."""
+    path = Path(path)
+    _check_clip_source(path, field, None, needs_fps=False)
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        names = _folder_frame_names(path)
+        first = path / names[0] if names else None
+    elif suffix == ".zip":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = _zip_frame_names(archive)
+                first = io.BytesIO(archive.read(names[0])) if names else None
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise Scail2InputError(f"{path}: not a readable zip of PNG frames ({exc})", field=field) from exc
+    elif suffix in IMAGE_SUFFIXES:
+        return ClipGeometry(1, *_image_header(str(path), path, field))
+    else:
+        names = first = None
+    if names is not None:
+        if first is None:
+            raise Scail2InputError(f"{path}: no PNG frames found", field=field)
+        return ClipGeometry(len(names[:end]), *_image_header(f"{path}:{names[0]}", first, field))
+    info = probe_video(path, field)
+    frames = info.estimated_frames if end is None else min(info.estimated_frames, end)
+    return ClipGeometry(frames, info.width, info.height, 4 if info.has_alpha else 3)
 
 
 def _atomic_target(path: Path) -> Path:

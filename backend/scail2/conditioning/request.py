@@ -122,8 +122,12 @@ def resolve_size(size: tuple[int, int] | str, reference_hw: tuple[int, int]) -> 
     height, width = size
     for name, side in (("height", height), ("width", width)):
         if side % SIZE_MULTIPLE or not MIN_SIDE <= side <= MAX_SIDE:
+            problem = (f"is not a multiple of {SIZE_MULTIPLE}" if side % SIZE_MULTIPLE else
+                       "is below the smallest allowed side" if side < MIN_SIDE else "is above the largest allowed side")
+            nearest = min(MAX_SIDE, max(MIN_SIDE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE))
             raise Scail2InputError(
-                f"size: {name} {side} must be a multiple of {SIZE_MULTIPLE} in {MIN_SIDE}..{MAX_SIDE}",
+                f"size {width}x{height}: the {name} {side} {problem}; sides must be multiples of {SIZE_MULTIPLE} "
+                f"from {MIN_SIDE} to {MAX_SIDE} (nearest: {nearest})",
                 field="size",
             )
     return int(height), int(width)
