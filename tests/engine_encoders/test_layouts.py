@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from backend.scail2.errors import CheckpointError
 from backend.scail2.loaders import dit_keys
-from backend.scail2.loaders.layout import TINY_CONFIG_FILE, canonical_lora_name, resolve_checkpoint
+from backend.scail2.loaders.layout import MODEL_CONFIG_FILE, canonical_lora_name, resolve_checkpoint
 from backend.scail2.loaders.weights import open_state_dict
 from backend.scail2.models.image_encoder import ClipImageEncoder
 from backend.scail2.models.text_encoder import UMT5TextEncoder, clean_prompt
@@ -128,7 +128,27 @@ def test_writer_refuses_non_empty_folder_and_unknown_layout(tiny_checkpoint, tmp
 
 def test_untrained_marker(tiny_checkpoint):
     assert "UNTRAINED" in (tiny_checkpoint / "README.md").read_text()
-    assert json.loads((tiny_checkpoint / TINY_CONFIG_FILE).read_text())["untrained"] is True
+    assert json.loads((tiny_checkpoint / MODEL_CONFIG_FILE).read_text())["untrained"] is True
+    assert resolve_checkpoint(tiny_checkpoint).untrained
+
+
+def test_model_config_names_a_trained_model_and_rejects_bad_files(tiny_checkpoint_copy):
+    path = tiny_checkpoint_copy / MODEL_CONFIG_FILE
+    config = json.loads(path.read_text())
+    config.update(untrained=False, name="a small trained model", note="trained on synthetic pairs")
+    path.write_text(json.dumps(config))
+    layout = resolve_checkpoint(tiny_checkpoint_copy)
+    assert not layout.untrained and layout.name == "a small trained model"
+    assert layout.configs["dit"]["dim"] == TINY_CONFIGS["dit"]["dim"]
+    assert "(a small trained model)" in layout.describe().splitlines()[0]
+    for bad, message in [("{", "not valid JSON"), ("[]", "JSON object"), ('{"dit": 3}', "'dit' must be an object"),
+                         ('{"untrained": "yes"}', "'untrained' must be true or false")]:  # fmt: skip
+        path.write_text(bad)
+        with pytest.raises(CheckpointError, match=message):
+            resolve_checkpoint(tiny_checkpoint_copy)
+    path.unlink()
+    plain = resolve_checkpoint(tiny_checkpoint_copy)
+    assert plain.configs == {} and not plain.untrained and plain.name == ""
 
 
 def test_canonical_lora_names(tmp_path):

@@ -19,8 +19,11 @@ Supported folder layouts (each component is looked up independently, so they mix
 LoRAs come from ``model/*.pt|safetensors`` and ``loras/``; the canonical names ``lightx2v``, ``dpo`` and ``relight``
 are recognised from file names, other files are named by their stem.
 
-A folder written by ``python -m backend.scail2.tiny`` carries ``scail2_tiny_config.json`` with the tiny
-component configurations (official constructor argument names) and is marked untrained.
+A checkpoint whose components are not the 14B ones says so in ``scail2_config.json`` (:data:`MODEL_CONFIG_FILE`):
+sections ``dit``, ``t5``, ``clip``, ``vae`` hold official constructor arguments for the components stored in
+official formats (diffusers/transformers folders carry their own ``config.json``), ``name`` and ``note`` describe
+the model, and ``untrained: true`` marks random test weights (``python -m backend.scail2.tiny`` writes such
+folders). Without the file every component has the released 14B configuration.
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ __all__ = [
     "CheckpointLayout",
     "SAT_DIT_FILE",
     "T5_FILE",
-    "TINY_CONFIG_FILE",
+    "MODEL_CONFIG_FILE",
+    "ModelConfig",
     "VAE_FILE",
     "canonical_lora_name",
+    "read_model_config",
     "resolve_checkpoint",
 ]
 
@@ -50,7 +55,8 @@ VAE_FILE = "Wan2.1_VAE.pth"
 T5_DIR = "umt5-xxl"
 T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14-onlyvisual.pth"
-TINY_CONFIG_FILE = "scail2_tiny_config.json"
+MODEL_CONFIG_FILE = "scail2_config.json"
+COMPONENT_SECTIONS = ("dit", "t5", "clip", "vae")
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".pth")
 # Quantised ComfyUI DiT files carry ComfyUI-specific scale tensors; only the fp16/bf16/fp32 files load here.
@@ -71,7 +77,8 @@ class ComponentSource:
 @dataclass(frozen=True)
 class CheckpointLayout:
     """The resolved files of one checkpoint folder. ``configs`` maps "dit"/"t5"/"clip"/"vae" to official
-    constructor arguments when the folder says so (tiny checkpoints); empty means the 14B defaults."""
+    constructor arguments when ``scail2_config.json`` gives them; a missing entry means the 14B configuration.
+    ``name``/``note`` describe a model that is not the released SCAIL-2; ``untrained`` marks random test weights."""
 
     root: Path
     dit: Path
@@ -83,6 +90,8 @@ class CheckpointLayout:
     loras: dict[str, Path] = field(default_factory=dict)
     configs: dict[str, dict] = field(default_factory=dict)
     untrained: bool = False
+    name: str = ""
+    note: str = ""
 
     def weight_files(self) -> list[Path]:
         """Every weights file this layout uses: the DiT, the encoders and VAE given as official single files, and
@@ -92,7 +101,8 @@ class CheckpointLayout:
         return files + list(self.loras.values())
 
     def describe(self) -> str:
-        lines = [f"checkpoint {self.root}" + (" (UNTRAINED tiny test checkpoint)" if self.untrained else "")]
+        label = " (UNTRAINED test checkpoint)" if self.untrained else (f" ({self.name})" if self.name else "")
+        lines = [f"checkpoint {self.root}{label}"]
         lines.append(f"  dit ({self.dit_format}): {self.dit}")
         lines.append(f"  text encoder ({self.text_encoder.format}): {self.text_encoder.path}")
         lines.append(f"  tokenizer: {self.tokenizer}")
@@ -257,18 +267,40 @@ def _find_loras(roots: Sequence[Path], dit: Path) -> dict[str, Path]:
     return loras
 
 
-def _read_tiny_config(root: Path) -> dict[str, dict]:
-    path = root / TINY_CONFIG_FILE
+@dataclass(frozen=True)
+class ModelConfig:
+    """What ``scail2_config.json`` declares (all empty when the folder has none)."""
+
+    configs: dict[str, dict] = field(default_factory=dict)
+    untrained: bool = False
+    name: str = ""
+    note: str = ""
+
+
+def read_model_config(root: Path) -> ModelConfig:
+    """Parse ``root/scail2_config.json``; a malformed file fails with what to fix."""
+    path = root / MODEL_CONFIG_FILE
     if not path.is_file():
-        return {}
+        return ModelConfig()
     try:
         data = json.loads(path.read_text())
     except Exception as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    configs = {k: data[k] for k in ("dit", "t5", "clip", "vae") if isinstance(data.get(k), dict)}
-    if not configs:
-        raise CheckpointError(f"{path}: has none of the sections 'dit', 't5', 'clip', 'vae'")
-    return configs
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object")
+    configs = {}
+    for section in COMPONENT_SECTIONS:
+        if section in data:
+            if not isinstance(data[section], dict):
+                raise CheckpointError(f"{path}: '{section}' must be an object of constructor arguments")
+            configs[section] = data[section]
+    untrained = data.get("untrained", False)
+    if not isinstance(untrained, bool):
+        raise CheckpointError(f"{path}: 'untrained' must be true or false, got {untrained!r}")
+    name, note = data.get("name", ""), data.get("note", "")
+    if not isinstance(name, str) or not isinstance(note, str):
+        raise CheckpointError(f"{path}: 'name' and 'note' must be strings")
+    return ModelConfig(configs, untrained, name, note)
 
 
 def resolve_checkpoint(root: str | Path, extra_roots: Sequence[str | Path] = ()) -> CheckpointLayout:
@@ -284,7 +316,7 @@ def resolve_checkpoint(root: str | Path, extra_roots: Sequence[str | Path] = ())
     roots = [root, *(Path(r).expanduser() for r in extra_roots)]
     dit, dit_format = _find_dit(roots)
     text_encoder, tokenizer = _find_t5(roots)
-    configs = _read_tiny_config(root)
+    model = read_model_config(root)
     return CheckpointLayout(
         root=root,
         dit=dit,
@@ -302,6 +334,8 @@ def resolve_checkpoint(root: str | Path, extra_roots: Sequence[str | Path] = ())
             roots, VAE_FILE, "vae", "Wan2.1 VAE", f"Expected the official {VAE_FILE} or a diffusers vae/ folder."
         ),
         loras=_find_loras(roots, dit),
-        configs=configs,
-        untrained=bool(configs),
+        configs=model.configs,
+        untrained=model.untrained,
+        name=model.name,
+        note=model.note,
     )

@@ -235,7 +235,7 @@ class ClipImageEncoder:
     def from_layout(
         cls, layout: CheckpointLayout, *, dtype: torch.dtype = torch.float16, device: torch.device | str = "cpu"
     ) -> ClipImageEncoder:
-        """From a resolved checkpoint folder (official file or diffusers folder; tiny configs honoured)."""
+        """From a resolved checkpoint folder (official file or diffusers folder; a config in scail2_config.json honoured)."""
         if layout.image_encoder.format == "diffusers":
             return cls.from_diffusers(layout.image_encoder.path, dtype=dtype, device=device)
         config = ClipVisionConfig.from_official_args(layout.configs.get("clip", {}))

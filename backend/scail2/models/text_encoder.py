@@ -209,7 +209,7 @@ class UMT5TextEncoder:
     def from_layout(
         cls, layout: CheckpointLayout, *, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu"
     ) -> UMT5TextEncoder:
-        """From a resolved checkpoint folder (official file or diffusers folder; tiny configs honoured)."""
+        """From a resolved checkpoint folder (official file or diffusers folder; a config in scail2_config.json honoured)."""
         if layout.text_encoder.format == "diffusers":
             return cls.from_diffusers(layout.text_encoder.path, layout.tokenizer, dtype=dtype, device=device)
         config = T5EncoderConfig.from_official_args(layout.configs.get("t5", {}))

@@ -232,7 +232,7 @@ class WanVideoVAE:
     def from_layout(
         cls, layout: CheckpointLayout, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
     ) -> WanVideoVAE:
-        """From a resolved checkpoint folder (official file or diffusers folder; tiny configs honoured)."""
+        """From a resolved checkpoint folder (official file or diffusers folder; a config in scail2_config.json honoured)."""
         if layout.vae.format == "diffusers":
             return cls.from_diffusers(layout.vae.path, dtype=dtype, device=device)
         config = WanVAEConfig.from_official_args(layout.configs.get("vae", {}))

@@ -261,7 +261,9 @@ class Scail2Pipeline:
             # itself, instead of after minutes of loading or in that later job.
             check_file_header(path)
         if layout.untrained:
-            logger.warning("%s is an UNTRAINED tiny test checkpoint: its output is noise", layout.root)
+            logger.warning("%s is an UNTRAINED test checkpoint: its output is noise", layout.root)
+        elif layout.name:
+            logger.info("%s: %s. %s", layout.root, layout.name, layout.note)
         encoder_device = (
             "cpu" if (offload_encoders is None and device.type == "cuda") or offload_encoders else device
         )
@@ -778,7 +780,8 @@ def _check_resume(
 def load_transformer(
     layout: CheckpointLayout, *, device: torch.device | str, dtype: torch.dtype
 ) -> SCAIL2Transformer:
-    """The DiT of ``layout``: the 14B config, or the tiny config the folder carries (official argument names)."""
+    """The DiT of ``layout``: the 14B config, or the ``dit`` section of the folder's ``scail2_config.json``
+    (official argument names)."""
     args = dict(layout.configs.get("dit") or {})
     config = None
     if args:
@@ -787,6 +790,6 @@ def load_transformer(
             config = config_from_official(args, clip_dim=clip_dim)
         except ValueError as exc:
             raise CheckpointError(
-                f"{layout.root}: unusable 'dit' section in the tiny config ({exc})"
+                f"{layout.root}: unusable 'dit' section in scail2_config.json ({exc})"
             ) from exc
     return SCAIL2Transformer.from_single_file(layout.dit, config, torch_dtype=dtype, device=device)

@@ -5,7 +5,8 @@
 The folder has the real file names, key names and containers of each supported layout (see ``loaders/layout.py``) with
 tiny dimensions (DiT dim 64, 2 layers, 2 heads; T5 dim 32; CLIP dim 32 at 224 px; VAE dim 8), so the whole
 pipeline runs in seconds on a CPU. Its outputs are noise. The folder is marked untrained by a ``README.md`` and by
-``scail2_tiny_config.json``, which also carries the tiny component configurations the loaders read.
+``scail2_config.json`` (``"untrained": true``), which also carries the tiny component configurations the loaders
+read.
 
 Layouts:
 
@@ -38,7 +39,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..loaders import dit_keys
-from ..loaders.layout import CLIP_FILE, SAT_DIT_FILE, T5_DIR, T5_FILE, TINY_CONFIG_FILE, VAE_FILE
+from ..loaders.layout import CLIP_FILE, MODEL_CONFIG_FILE, SAT_DIT_FILE, T5_DIR, T5_FILE, VAE_FILE
 from ..models.image_encoder import ClipVisionConfig, official_clip_shapes
 from ..models.text_encoder import T5EncoderConfig, official_t5_shapes
 from ..models.vae import WanVAEConfig, official_vae_shapes
@@ -404,8 +405,9 @@ def _write_folder(root: Path, layout: str, seed: int, dit_prefix: str) -> None:
     else:
         _write_diffusers_encoders(root, seed)
 
-    config = {"untrained": True, "note": UNTRAINED_NOTE, "layout": layout, "seed": seed, **TINY_CONFIGS}
-    (root / TINY_CONFIG_FILE).write_text(json.dumps(config, indent=1))
+    config = {"name": "tiny SCAIL-2 test checkpoint", "untrained": True, "note": UNTRAINED_NOTE, "layout": layout,
+              "seed": seed, **TINY_CONFIGS}
+    (root / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=1))
     (root / "README.md").write_text(f"# Tiny SCAIL-2 test checkpoint ({layout} layout)\n\n{UNTRAINED_NOTE}\n")
 
 
