@@ -6,7 +6,8 @@ token is given (``--token`` or ``SCAIL_WORKER_TOKEN``), one is generated and pri
 ``SCAIL-WORKER TOKEN <token>``, before the ready line; logs (JSON lines on stderr) never contain it.
 
 Exit codes: 0 after a clean stop (SIGINT/SIGTERM: the running job is put back in the queue), 2 for bad arguments,
-3 when the checkpoint cannot be loaded.
+3 when the checkpoint cannot be loaded, 4 when the job store under ``--data`` is damaged (the message says what
+was found and what to do; nothing under ``--data`` is changed).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ TOKEN_ENV = "SCAIL_WORKER_TOKEN"
 READY_PREFIX = "SCAIL-WORKER READY"
 TOKEN_PREFIX = "SCAIL-WORKER TOKEN"
 RETENTION_SWEEP_S = 600.0
+EXIT_STORE_DAMAGED = 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="memory budget for one decoded driving clip (frames x height x width x channels)")
     serve.add_argument("--ssl-certfile", type=Path, default=None, help="TLS certificate (PEM) to serve https")
     serve.add_argument("--ssl-keyfile", type=Path, default=None, help="TLS private key (PEM)")
+    serve.add_argument("--min-free-mb", type=float, default=1024.0,
+                       help="free disk space under --data below which submissions get 507 and no job starts")
     serve.add_argument("--retention-hours", type=float, default=72.0,
                        help="remove finished jobs' files after this many hours (0 keeps them)")
     serve.add_argument("--retention-gb", type=float, default=50.0,
@@ -224,7 +228,7 @@ def serve(args: argparse.Namespace) -> int:
     from backend import __version__ as version
 
     from .app import WorkerInfo, create_app
-    from .store import JobStore
+    from .store import JobStore, StoreDamaged
     from .uploads import UploadLimits
 
     limits = UploadLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_frames=args.max_frames,
@@ -241,7 +245,13 @@ def serve(args: argparse.Namespace) -> int:
             masks = MaskService(args.sam3, device=args.device, dtype=getattr(torch, config.dtype_name))
         except CheckpointError as exc:
             return _fail(f"--sam3: {exc}", 3)
-    store = JobStore(args.data)
+    try:
+        store = JobStore(args.data, min_free_bytes=int(args.min_free_mb * 2**20))
+    except StoreDamaged as exc:
+        log.error("the job store is damaged; not starting", extra={"error": str(exc)})
+        return _fail(str(exc), EXIT_STORE_DAMAGED)
+    except OSError as exc:  # --data is a file, or not writable
+        return _fail(f"--data {args.data}: {exc}")
     store.recover()
     if gateway:
         from .cluster.dispatcher import ClusterUnavailable, DispatcherSettings, RayDispatcher
@@ -265,7 +275,8 @@ def serve(args: argparse.Namespace) -> int:
         runner = JobRunner(store, engine.pipeline, limits, args.device, masks=masks)
         info = WorkerInfo(version=version, device=args.device, checkpoint=config.checkpoint, dtype=config.dtype_name,
                           performance=engine.performance)
-    app = create_app(store, runner, guard, limits, info, masks=masks)
+    # The schema and its explorer are as open as the socket: free on loopback, behind the token elsewhere.
+    app = create_app(store, runner, guard, limits, info, masks=masks, public_docs=is_loopback(args.host))
     try:
         sock = _bind(args.host, args.port)
     except OSError as exc:

@@ -18,6 +18,8 @@ class JobExecutor(Protocol):
 
     # Set after every finished job (the retention sweep waits on it).
     job_finished: threading.Event
+    # Why no job starts now (a full disk, a job store that refuses writes), for /v1/health; None when jobs start.
+    paused: str | None
 
     def start(self) -> None:
         """Begin taking queued jobs (the store has been recovered)."""

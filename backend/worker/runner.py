@@ -8,17 +8,23 @@ file renamed into place, then the row committed), writes the result folder atomi
 Stopping the worker (SIGTERM/SIGINT) interrupts the running job between steps and puts it back in the queue; a
 crash (kill -9, power loss) leaves it ``running`` in the database, which ``JobStore.recover`` requeues at the next
 start. Either way the job resumes after its last stored window.
+
+A full disk is neither the job's fault nor a crash. A job that meets one (a window, a result file or a commit
+failing with ENOSPC / SQLITE_FULL) goes back to the head of the queue with phase ``waiting_for_disk``, keeping its
+finished windows, and the runner starts no job while the disk under ``--data`` has less than ``--min-free-mb``
+free; when there is room again the job resumes. The fourth time the disk fills up under the same job it fails
+with ``error.type = "disk_full"`` (it needs more room than there is). A state the runner cannot commit (the final
+status, the requeue) is retried until the store takes it; meanwhile no other job starts, so no job is ever left
+``running`` while the runner has moved on.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import threading
 import time
 import traceback
-import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,8 +34,10 @@ import numpy as np
 from backend.scail2.accel.options import pinned_loras
 
 from .logs import get_logger
+from .results import write_result
 from .schemas import JobSpec
-from .store import JobRecord, JobStore, write_json_atomic
+from .storage import free_bytes, is_storage_full
+from .store import MAX_STORAGE_RETRIES, JobRecord, JobStore
 from .thumbnails import input_preview, write_input_thumbnails, write_quietly, write_window_thumbnails
 from .uploads import UploadLimits, build_request, resolve_mask_sources
 from .warmup import compiled_graph_count
@@ -37,19 +45,12 @@ from .warmup import compiled_graph_count
 log = get_logger("scail.worker.runner")
 
 PROGRESS_WRITE_INTERVAL_S = 0.25
-HASH_CHUNK = 1 << 20
+STORE_RETRY_S = 2.0  # how often a state the store refused (full disk, I/O error) is tried again
+ROOM_CHECK_S = 5.0  # how often a runner waiting for disk space looks again
 
 
 class WorkerShutdown(Exception):
     """The worker is stopping: the job goes back to the queue instead of being canceled."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -- window files ----------------------------------------------------------------------------------------------
@@ -67,50 +68,6 @@ def save_window(window: Any, path: Path) -> int:
     finally:
         os.close(directory)
     return int(window.frames.shape[0])
-
-
-# -- result folder ---------------------------------------------------------------------------------------------
-
-
-def write_result(frames: np.ndarray, fps: float, job_dir: Path) -> dict[str, Any]:
-    """Write frames/NNNNNN.png, result.mp4, result.zip and manifest.json into ``job_dir/result`` atomically."""
-    from PIL import Image
-
-    from backend.scail2.conditioning.media import write_mp4
-
-    staging = job_dir / "result.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "frames").mkdir(parents=True)
-    files: list[dict[str, Any]] = []
-    frame_names = []
-    for index, frame in enumerate(frames):
-        name = f"{index:06d}.png"
-        Image.fromarray(np.ascontiguousarray(frame)).save(staging / "frames" / name, format="PNG")
-        frame_names.append(name)
-    with zipfile.ZipFile(staging / "result.zip", "w", compression=zipfile.ZIP_STORED) as archive:
-        for name in frame_names:
-            archive.write(staging / "frames" / name, arcname=f"frames/{name}")
-    write_mp4(frames, fps, staging / "result.mp4")
-    for index, name in enumerate(frame_names):
-        path = staging / "frames" / name
-        files.append({"name": f"frames/{name}", "kind": "frame", "index": index, "size": path.stat().st_size,
-                      "sha256": sha256_file(path)})
-    for name, kind in (("result.zip", "zip"), ("result.mp4", "mp4")):
-        path = staging / name
-        files.append({"name": name, "kind": kind, "size": path.stat().st_size, "sha256": sha256_file(path)})
-    manifest = {
-        "frames": int(frames.shape[0]),
-        "fps": float(fps),
-        "height": int(frames.shape[1]),
-        "width": int(frames.shape[2]),
-        "files": files,
-    }
-    write_json_atomic(staging / "manifest.json", manifest)
-    target = job_dir / "result"
-    if target.exists():  # left by an attempt that crashed after the rename but before the commit
-        shutil.rmtree(target)
-    os.replace(staging, target)
-    return manifest
 
 
 # -- the loop --------------------------------------------------------------------------------------------------
@@ -190,6 +147,8 @@ class JobRunner:
         self._cancel = threading.Event()
         self._current: str | None = None
         self._lock = threading.Lock()
+        # Why the runner starts no job right now (the disk is full, the store refuses writes), or None.
+        self.paused: str | None = None
         self._thread = threading.Thread(target=self._loop, name="scail-gpu-runner", daemon=True)
         # Set after every finished job: the retention sweep waits on it, so a burst of jobs cannot outrun the
         # disk budget between timed sweeps.
@@ -230,7 +189,13 @@ class JobRunner:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            job = self.store.claim_next()
+            if not self._room_to_run():
+                continue
+            try:
+                job = self.store.claim_next()
+            except Exception as exc:  # noqa: BLE001 - the store refuses writes: wait, never end the loop
+                self._pause(f"the job store refuses writes ({type(exc).__name__}: {exc})")
+                continue
             if job is None:
                 self._wake.wait(1.0)
                 self._wake.clear()
@@ -245,6 +210,62 @@ class JobRunner:
             finally:
                 with self._lock:
                     self._current = None
+
+    def _room_to_run(self) -> bool:
+        """False (after a pause) while the disk under --data has less free space than --min-free-mb."""
+        if self.store.has_room():
+            if self.paused is not None:
+                log.info("the runner resumes", extra={"was_paused": self.paused})
+            self.paused = None
+            return True
+        free = free_bytes(self.store.data_dir)
+        self._pause(f"waiting for disk space: {free / 2**20:.0f} MiB free under --data, the worker needs "
+                    f"{self.store.min_free_bytes / 2**20:.0f} MiB (--min-free-mb) to start a job", ROOM_CHECK_S)
+        return False
+
+    def _pause(self, reason: str, seconds: float = STORE_RETRY_S) -> None:
+        if reason != self.paused:
+            log.warning("the runner is paused", extra={"reason": reason})
+        self.paused = reason
+        self._stop.wait(seconds)
+
+    def _persist(self, job_id: str, what: str, commit: Any) -> bool:
+        """Run ``commit`` (a store write for ``job_id``) until the store takes it; False when the worker stops
+        first (the job is then still 'running' in the store, and the next start requeues it)."""
+        while True:
+            try:
+                commit()
+            except Exception as exc:  # noqa: BLE001 - any refusal: retry, so the job is never left behind
+                if self._stop.is_set():
+                    log.warning("could not record a job's state before stopping; the next start requeues it",
+                                extra={"job": job_id, "state": what, "error": f"{type(exc).__name__}: {exc}"})
+                    return False
+                self._pause(f"cannot record job {job_id} as {what} ({type(exc).__name__}: {exc}); retrying")
+                continue
+            if self.paused is not None and self.paused.startswith(f"cannot record job {job_id}"):
+                self.paused = None
+            return True
+
+    def _interrupted_by_full_disk(self, job: JobRecord, exc: BaseException) -> None:
+        """Requeue a job the full disk stopped (or fail it after ``MAX_STORAGE_RETRIES`` requeues)."""
+        job_dir = self.store.job_dir(job.id)
+        # What the failed attempt half wrote only takes space; finished windows stay for the resume.
+        shutil.rmtree(job_dir / "result.staging", ignore_errors=True)
+        for stray in (job_dir / "windows").glob("*.tmp"):
+            stray.unlink(missing_ok=True)
+        message = f"{type(exc).__name__}: {exc}"
+        if job.storage_retries >= MAX_STORAGE_RETRIES:
+            error = {"type": "disk_full", "field": None,
+                     "message": f"the worker's disk filled up {job.storage_retries + 1} times while this job ran "
+                     f"(last: {message}); it needs more free space under --data than there is"}
+            self._persist(job.id, "failed", lambda: self.store.finish(job.id, "failed", error=error))
+            log.warning("job failed: the disk keeps filling up", extra={"job": job.id, "error": error})
+            self.job_finished.set()
+            return
+        self._persist(job.id, "waiting for disk space",
+                      lambda: self.store.requeue(job.id, phase="waiting_for_disk", storage_failure=True))
+        log.warning("job interrupted by a full disk; requeued to resume when there is room",
+                    extra={"job": job.id, "error": message, "storage_retries": job.storage_retries + 1})
 
     def _should_cancel(self) -> bool:
         if self._stop.is_set():
@@ -305,15 +326,23 @@ class JobRunner:
                     manifest = write_result(np.asarray(execution.result.frames), float(execution.result.fps),
                                             job_dir)
         except WorkerShutdown:
-            self.store.requeue(job.id)
+            try:
+                self.store.requeue(job.id)
+            except Exception as exc:  # noqa: BLE001 - the next start requeues a job left 'running'
+                log.warning("could not requeue the interrupted job; the next start does", extra={
+                    "job": job.id, "error": f"{type(exc).__name__}: {exc}"})
             log.info("job interrupted by shutdown; requeued", extra={"job": job.id})
             return
         except Exception as exc:  # noqa: BLE001 - e.g. writing the result failed: the job fails, not the worker
+            if is_storage_full(exc):
+                self._interrupted_by_full_disk(job, exc)
+                return
             execution = replace(execution or Execution("failed"), status="failed", error=describe_failure(exc),
                                 result=None)
         finally:
             tracker.finish()
-        finish_job(self.store, job, execution, manifest, tracker, started)
+        self._persist(job.id, execution.status,
+                      lambda: finish_job(self.store, job, execution, manifest, tracker, started))
         self.job_finished.set()
 
 
@@ -388,6 +417,8 @@ def execute_job(pipeline: Any, spec: JobSpec, inputs: dict[str, Any], folder: Pa
     except WorkerShutdown:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure must end the job, not the worker
+        if is_storage_full(exc):
+            raise  # not the job's failure: the caller requeues it to resume when there is room
         execution.error = describe_failure(exc)
     if cuda:
         import torch
@@ -451,7 +482,10 @@ def describe_failure(exc: Exception) -> dict[str, Any]:
     """A job's ``error`` for an exception: input (names the field), checkpoint, or internal (logged)."""
     from backend.scail2 import CheckpointError, Scail2InputError
 
-    from .uploads import engine_error
+    from .errors import engine_error
+
+    if is_storage_full(exc):  # a cluster engine's scratch disk (the single-machine runner requeues instead)
+        return {"type": "disk_full", "field": None, "message": f"{type(exc).__name__}: {exc}"}
 
     if isinstance(exc, Scail2InputError):
         api = engine_error(exc)

@@ -9,10 +9,17 @@ Layout::
     DATA/jobs/<id>/thumbs/          the web page's previews of the inputs and each window (thumbnails.py)
     DATA/staging/                   half-received submissions and half-written results (wiped at start-up)
 
+    DATA/quarantine/<time>/<id>     job folders found without a row at start-up (moved here, never deleted)
+
 Rules that make crashes harmless: files are written under ``staging`` or with a temporary name and renamed into
 place *before* the row that points at them is committed; a row is committed *before* any response reports the
-state it describes. At start-up, jobs left ``running`` go back to the queue (keeping their finished windows), and
-job folders without a row are removed.
+state it describes; a transaction whose COMMIT fails is rolled back, so the connection is never left inside it.
+At start-up, jobs left ``running`` go back to the queue (keeping their finished windows).
+
+The store never deletes what it cannot account for. Opening it refuses (``StoreDamaged``, the CLI's exit code 4)
+a database that is not a file, fails SQLite's integrity check, was written by a newer worker, or is missing or
+empty while job folders exist (its rows are lost: starting empty would hide every job). A job folder without a
+row in an intact database is moved to ``quarantine/`` with a warning.
 """
 
 from __future__ import annotations
@@ -25,19 +32,23 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .logs import get_logger
+from .storage import free_bytes
 
 log = get_logger("scail.worker.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: jobs.storage_retries
 # A job that was running when the worker died this many times is failed instead of requeued (a crash loop, e.g.
 # the process being killed for memory, must not block the queue forever).
 MAX_ATTEMPTS = 3
+# A job interrupted by a full disk goes back to the queue this many times; the next time it fails ("disk_full"): it
+# needs more room than the disk has, and must not keep the queue behind it waiting.
+MAX_STORAGE_RETRIES = 3
 PROGRESS_COLUMNS = ("progress", "phase", "window", "num_windows", "step", "num_steps", "eta")
 FINISHED_STATUSES = ("succeeded", "failed", "canceled")
 
@@ -69,6 +80,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     timings TEXT,
     files_removed INTEGER NOT NULL DEFAULT 0,
+    storage_retries INTEGER NOT NULL DEFAULT 0,
     UNIQUE (namespace, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
@@ -112,6 +124,7 @@ class JobRecord:
     result: dict[str, Any] | None
     timings: dict[str, Any] | None
     files_removed: bool
+    storage_retries: int
 
     @property
     def finished(self) -> bool:
@@ -139,6 +152,10 @@ class QueuedJob:
     spec: dict[str, Any]
 
 
+class StoreDamaged(Exception):
+    """The database under ``--data`` cannot be trusted; the message says what was found and what to do."""
+
+
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before for a different request."""
 
@@ -150,11 +167,18 @@ class IdempotencyConflict(Exception):
 class JobStore:
     """Thread-safe access to the database (one connection per thread) and the job folders."""
 
-    def __init__(self, data_dir: str | os.PathLike[str]):
+    def __init__(self, data_dir: str | os.PathLike[str], min_free_bytes: int = 0):
+        """Open (or create) the store; raises ``StoreDamaged`` instead of opening a database it cannot trust.
+
+        ``min_free_bytes``: below this much free disk space the store has no room (``has_room``): submissions are
+        refused with 507 and the runner starts no job.
+        """
         self.data_dir = Path(data_dir).resolve()
         self.jobs_dir = self.data_dir / "jobs"
         self.staging_root = self.data_dir / "staging"
+        self.quarantine_root = self.data_dir / "quarantine"
         self.db_path = self.data_dir / "worker.sqlite3"
+        self.min_free_bytes = int(min_free_bytes)
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.staging_root.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
@@ -162,10 +186,75 @@ class JobStore:
         # Answers queue_position for an executor that starts queued jobs in another order than oldest first (a
         # cluster gateway's fair share across clients): job -> jobs that start before it.
         self.queue_order: Callable[[JobRecord], int] | None = None
-        # executescript commits on its own; each CREATE is IF NOT EXISTS, so a crash part-way is harmless.
-        self._connection().executescript(_SCHEMA)
-        with self._transaction() as db:
-            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self._check_database_file()
+        try:
+            self._check_integrity()
+            db = self._connection()
+            self._check_version(db)
+            # executescript commits on its own; each CREATE is IF NOT EXISTS, so a crash part-way is harmless.
+            db.executescript(_SCHEMA)
+            self._migrate(db)
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise StoreDamaged(self._damaged(f"SQLite cannot read it ({exc})")) from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def _damaged(self, finding: str) -> str:
+        return (f"the job store's database {self.db_path} is damaged: {finding}. The worker did not start, so that "
+                f"nothing under {self.data_dir} is changed or deleted. Restore worker.sqlite3 (with its -wal file, "
+                f"if any) from a backup of that folder; or move {self.data_dir} aside (the job folders in jobs/ "
+                "keep each job's inputs and results) and start with a new --data folder")
+
+    def _check_database_file(self) -> None:
+        """Refuse what SQLite would open without complaint but must not: a missing or empty database beside job
+        folders (an empty store would hide those jobs, and recovery used to delete them as orphans)."""
+        path = self.db_path
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise StoreDamaged(self._damaged("it is not a regular file (something else is in its place)"))
+        if path.exists() and path.stat().st_size > 0:
+            return
+        folders = sum(1 for _ in self.jobs_dir.iterdir())
+        if folders:
+            state = "missing" if not path.exists() else "empty (0 bytes)"
+            raise StoreDamaged(self._damaged(f"it is {state} while {self.jobs_dir} holds {folders} job folder(s), "
+                                             "so the rows that describe those jobs are lost"))
+
+    def _check_integrity(self) -> None:
+        """SQLite's integrity check (every page, index and constraint), on a connection of its own that changes
+        nothing (the store's connections switch the file to WAL mode first)."""
+        if not self.db_path.exists():
+            return
+        db = sqlite3.connect(self.db_path, isolation_level=None)
+        try:
+            rows = [row[0] for row in db.execute("PRAGMA integrity_check(5)").fetchall()]
+        finally:
+            db.close()
+        if rows != ["ok"]:
+            findings = "; ".join(" ".join(str(row).split()) for row in rows)  # one line, for the exit message
+            raise StoreDamaged(self._damaged(f"SQLite's integrity check failed: {findings}"))
+
+    def _check_version(self, db: sqlite3.Connection) -> None:
+        """Refuse a store written by a newer worker before anything here writes to it."""
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+            return  # a new store
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise StoreDamaged(f"the job store {self.db_path} was written by a newer worker (schema {row[0]}; this "
+                               f"worker knows {SCHEMA_VERSION}). Start the newer worker, or use another --data "
+                               "folder; nothing was changed")
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring a store of an older schema up to this one (columns are only ever added)."""
+        columns = {info[1] for info in db.execute("PRAGMA table_info(jobs)")}
+        missing = set(JobRecord.__dataclass_fields__) - columns - {"storage_retries"}
+        if missing:
+            raise StoreDamaged(self._damaged(f"its jobs table lacks the columns {sorted(missing)}"))
+        with self._transaction() as tx:
+            if "storage_retries" not in columns:
+                tx.execute("ALTER TABLE jobs ADD COLUMN storage_retries INTEGER NOT NULL DEFAULT 0")
+            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     # -- connections -------------------------------------------------------------------------------------------
 
@@ -173,26 +262,35 @@ class JobStore:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=True)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA busy_timeout=30000")
+            try:
+                db.row_factory = sqlite3.Row
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.execute("PRAGMA foreign_keys=ON")
+                db.execute("PRAGMA busy_timeout=30000")
+            except BaseException:
+                db.close()
+                raise
             self._local.db = db
         return db
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT: the write lock is taken up front, so no transaction fails half-way."""
+        """BEGIN IMMEDIATE ... COMMIT: the write lock is taken up front, so no transaction fails half-way.
+
+        A COMMIT can still fail (a full disk, an I/O error); then the transaction is rolled back here, or the
+        connection would stay inside it and every later BEGIN on this thread would fail."""
         db = self._connection()
         with self._write_lock:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may already have rolled back (e.g. after SQLITE_FULL)
+                    with suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
@@ -205,6 +303,10 @@ class JobStore:
     def job_dir(self, job_id: str) -> Path:
         # job ids are generated by the server (security.new_job_id); this never sees client text.
         return self.jobs_dir / job_id
+
+    def has_room(self) -> bool:
+        """Whether the disk under ``--data`` has at least ``min_free_bytes`` free."""
+        return free_bytes(self.data_dir) >= self.min_free_bytes
 
     def new_staging_dir(self) -> Path:
         path = self.staging_root / uuid.uuid4().hex
@@ -243,8 +345,8 @@ class JobStore:
                 return self._same_request(existing, request_hash), False
         job_dir = self.job_dir(job_id)
         job_dir.mkdir()
-        os.replace(staged_inputs, job_dir / "inputs")
         try:
+            os.replace(staged_inputs, job_dir / "inputs")
             with self._transaction() as db:
                 db.execute(
                     "INSERT INTO jobs (id, namespace, idempotency_key, request_hash, status, spec, inputs, created_at,"
@@ -258,6 +360,9 @@ class JobStore:
             if existing is None:
                 raise
             return self._same_request(existing, request_hash), False
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)  # never committed, never reported: nothing points at it
+            raise
         record = self.get(job_id)
         assert record is not None
         return record, True
@@ -407,13 +512,16 @@ class JobStore:
         # Windows only matter for resuming; a finished job never resumes (its frames are in result/ if any).
         shutil.rmtree(self.job_dir(job_id) / "windows", ignore_errors=True)
 
-    def requeue(self, job_id: str, count_attempt: bool = True) -> None:
-        """Put a running job back in the queue (the worker is shutting down, or a cluster engine was lost); its
-        windows are kept. ``count_attempt`` False takes back the attempt its claim counted (it never started)."""
+    def requeue(self, job_id: str, count_attempt: bool = True, phase: str = "queued",
+                storage_failure: bool = False) -> None:
+        """Put a running job back in the queue (the worker is shutting down, a cluster engine was lost, or the disk
+        is full: then ``phase`` says so and ``storage_retries`` counts it); its windows are kept. ``count_attempt``
+        False takes back the attempt its claim counted (it never started)."""
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET status = 'queued', phase = 'queued', step = NULL, eta = NULL, "
-                       "attempts = attempts - ? WHERE id = ? AND status = 'running'",
-                       (0 if count_attempt else 1, job_id))
+            db.execute("UPDATE jobs SET status = 'queued', phase = ?, step = NULL, eta = NULL, "
+                       "attempts = attempts - ?, storage_retries = storage_retries + ? "
+                       "WHERE id = ? AND status = 'running'",
+                       (phase, 0 if count_attempt else 1, int(storage_failure), job_id))
 
     # -- client actions ----------------------------------------------------------------------------------------
 
@@ -436,39 +544,59 @@ class JobStore:
 
     # -- start-up and housekeeping -----------------------------------------------------------------------------
 
-    def recover(self) -> dict[str, int]:
-        """Run once at start-up, before the runner: requeue interrupted jobs and clear half-written files."""
+    def recover(self) -> dict[str, Any]:
+        """Run once at start-up, before the runner: requeue interrupted jobs, clear half-written files, and move
+        job folders that no row accounts for to ``quarantine/`` (never delete them)."""
         shutil.rmtree(self.staging_root, ignore_errors=True)
         self.staging_root.mkdir(parents=True, exist_ok=True)
         with self._transaction() as db:
-            crashed = db.execute(
+            crash_looped = [row["id"] for row in db.execute(
+                "SELECT id FROM jobs WHERE status = 'running' AND attempts >= ?", (MAX_ATTEMPTS,))]
+            db.execute(
                 "UPDATE jobs SET status = 'failed', finished_at = ?, phase = 'failed', error = ? "
                 "WHERE status = 'running' AND attempts >= ?",
                 (time.time(), json.dumps({"type": "crashed", "field": None, "message":
                  f"the worker stopped {MAX_ATTEMPTS} times while running this job (out of memory?)"}),
                  MAX_ATTEMPTS),
-            ).rowcount
+            )
             requeued = db.execute(
                 "UPDATE jobs SET status = 'queued', phase = 'queued', step = NULL, eta = NULL "
                 "WHERE status = 'running'"
             ).rowcount
             known = {row["id"] for row in db.execute("SELECT id FROM jobs")}
             queued = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
-        orphans = 0
-        for path in self.jobs_dir.iterdir():
-            if path.name not in known:
-                shutil.rmtree(path, ignore_errors=True)
-                orphans += 1
+        for job_id in crash_looped:
+            # A failed job never resumes, so its windows are only disk usage now (as in ``finish``).
+            shutil.rmtree(self.job_dir(job_id) / "windows", ignore_errors=True)
+        quarantined = self._quarantine(sorted(path for path in self.jobs_dir.iterdir() if path.name not in known))
         for job_id in known:
             # A crash between writing a window file and committing its row leaves a stray temp file.
             for stray in (self.job_dir(job_id) / "windows").glob("*.tmp"):
                 stray.unlink(missing_ok=True)
             if (self.job_dir(job_id) / "result.staging").exists():
                 shutil.rmtree(self.job_dir(job_id) / "result.staging", ignore_errors=True)
-        summary = {"requeued": requeued, "failed_after_crashes": crashed, "queued": int(queued),
-                   "orphan_folders_removed": orphans}
+        summary = {"requeued": requeued, "failed_after_crashes": len(crash_looped), "queued": int(queued),
+                   "orphan_folders_quarantined": len(quarantined)}
         log.info("job store recovered", extra=summary)
         return summary
+
+    def _quarantine(self, folders: list[Path]) -> list[Path]:
+        """Move job folders without a row under ``quarantine/<UTC time>/``: a crash between a submission's rename
+        and its commit leaves one, and so does a database restored from an older backup; either way they may
+        hold results that someone still wants."""
+        if not folders:
+            return []
+        target = self.quarantine_root / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target.mkdir(parents=True, exist_ok=True)
+        moved = []
+        for folder in folders:
+            destination = target / folder.name
+            os.replace(folder, destination)
+            moved.append(destination)
+        log.warning("job folders without a row in the database were moved to quarantine (not deleted): inspect "
+                    "them and remove them when they are not needed",
+                    extra={"folders": [path.name for path in moved], "quarantine": str(target)})
+        return moved
 
     def apply_retention(self, max_age_seconds: float | None, max_bytes: int | None) -> list[str]:
         """Remove the files of finished jobs older than ``max_age_seconds``, then of the oldest finished jobs

@@ -52,7 +52,7 @@ def test_recover_requeues_running_jobs_and_fails_crash_loops(tmp_path):
 
     reopened = JobStore(tmp_path)  # a new process after a crash
     summary = reopened.recover()
-    assert summary["requeued"] == 1 and summary["queued"] == 2 and summary["orphan_folders_removed"] == 1
+    assert summary["requeued"] == 1 and summary["queued"] == 2 and summary["orphan_folders_quarantined"] == 1
     job = reopened.get(running.id)
     assert job.status == "queued" and job.windows_done == 1
     assert [index for index, _ in reopened.finished_windows(job.id)] == [0]
@@ -126,3 +126,77 @@ def test_list_by_status_pages_every_clients_jobs(tmp_path):
     assert [job.id for job in active] == ids[4:6]  # the order the runner takes them
     rest, last = store.list_by_status(("running", "queued"), 2, cursor=cursor, oldest_first=True)
     assert [job.id for job in rest] == [ids[6]] and last is None
+
+
+def test_a_failed_commit_is_rolled_back_and_the_store_keeps_working(tmp_path):
+    """A COMMIT can fail (a full disk, SQLITE_FULL; here a deferred foreign key): the transaction must be rolled
+    back, or the connection stays inside it and every later write on that thread fails."""
+    import sqlite3
+
+    store = JobStore(tmp_path)
+    with pytest.raises(sqlite3.IntegrityError):
+        with store._transaction() as db:
+            db.execute("PRAGMA defer_foreign_keys = ON")  # the violation is found by COMMIT, not by the INSERT
+            db.execute("INSERT INTO windows (job_id, idx, frames, created_at) VALUES ('no-such-job', 0, 1, 0)")
+    assert not store._connection().in_transaction
+    job, created = create(store, "job-after-aaaaaaaaaa")
+    assert created and store.claim_next().id == job.id
+    assert store._connection().execute("SELECT COUNT(*) FROM windows").fetchone()[0] == 0
+
+
+def test_a_job_failed_after_crashes_has_its_windows_removed(tmp_path):
+    store = JobStore(tmp_path)
+    create(store, "job-crashy-aaaaaaaaa")
+    for _ in range(MAX_ATTEMPTS):
+        job = store.claim_next()
+        store.window_path(job.id, 0).parent.mkdir(exist_ok=True)
+        store.window_path(job.id, 0).write_bytes(b"window")
+        store.record_window(job.id, 0, 13)
+        JobStore(tmp_path).recover()  # the worker died while it ran
+    failed = store.get("job-crashy-aaaaaaaaa")
+    assert failed.status == "failed" and failed.error["type"] == "crashed"
+    assert not (store.job_dir(failed.id) / "windows").exists(), "a failed job never resumes: its windows go"
+    assert (store.job_dir(failed.id) / "inputs" / "reference.png").is_file(), "its inputs stay"
+
+
+def test_folders_without_a_row_are_quarantined_not_deleted(tmp_path):
+    store = JobStore(tmp_path)
+    create(store, "job-known-aaaaaaaaaa")
+    orphan = store.jobs_dir / "job-orphan-bbbbbbbbb"
+    (orphan / "result").mkdir(parents=True)
+    (orphan / "result" / "result.mp4").write_bytes(b"somebody's only copy")
+    summary = JobStore(tmp_path).recover()
+    assert summary["orphan_folders_quarantined"] == 1
+    assert not orphan.exists() and store.job_dir("job-known-aaaaaaaaaa").is_dir()
+    [moved] = list((tmp_path / "quarantine").glob("*/job-orphan-bbbbbbbbb"))
+    assert (moved / "result" / "result.mp4").read_bytes() == b"somebody's only copy"
+
+
+def test_a_disk_full_requeue_counts_and_keeps_the_windows(tmp_path):
+    store = JobStore(tmp_path)
+    create(store, "job-diskfull-aaaaaaa")
+    job = store.claim_next()
+    store.window_path(job.id, 0).parent.mkdir()
+    store.window_path(job.id, 0).write_bytes(b"window")
+    store.record_window(job.id, 0, 13)
+    store.requeue(job.id, phase="waiting_for_disk", storage_failure=True)
+    again = store.get(job.id)
+    assert (again.status, again.phase, again.storage_retries, again.windows_done) == ("queued", "waiting_for_disk",
+                                                                                      1, 1)
+    assert store.claim_next().id == job.id and store.window_path(job.id, 0).is_file()
+
+
+def test_a_version_1_store_is_migrated(tmp_path):
+    import sqlite3
+
+    store = JobStore(tmp_path)
+    create(store, "job-old-aaaaaaaaaaaa")
+    store.close()
+    db = sqlite3.connect(tmp_path / "worker.sqlite3")
+    db.execute("ALTER TABLE jobs DROP COLUMN storage_retries")
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    reopened = JobStore(tmp_path)
+    assert reopened.get("job-old-aaaaaaaaaaaa").storage_retries == 0
+    assert reopened._connection().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"

@@ -150,6 +150,7 @@ class RayDispatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.job_finished = threading.Event()
+        self.paused: str | None = None  # the gateway does not pause; its engines report their own trouble
         self._control = threading.Thread(target=self._control_loop, name="scail-ray-control", daemon=True)
         store.queue_order = self._queue_position  # status and the web page show the order jobs will start in
 
