@@ -11,19 +11,24 @@ import asyncio
 import hashlib
 import json
 import random
+import sqlite3
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from . import API_VERSION, jobs
-from .errors import ApiError, invalid
+from .body_limit import SMALL_BODY_LIMIT, BodyLimitMiddleware
+from .errors import ApiError, invalid, parse_json_object
 from .executor import JobExecutor
 from .jobs import find_job, finished_result, job_status_body, links, result_file
 from .logs import get_logger
@@ -38,6 +43,7 @@ from .schemas import (
     ResultManifest,
 )
 from .security import TokenGuard, client_namespace, new_job_id
+from .storage import InsufficientStorage, free_bytes, is_storage_full
 from .store import IdempotencyConflict, JobRecord, JobStore
 from .thumbnails import input_preview, write_input_thumbnails, write_quietly
 from .uploads import UploadLimits, build_request, canonical_field, discard, resolve_mask_sources, store_upload
@@ -50,7 +56,7 @@ MAX_SPEC_BYTES = 64 << 10
 # Decoding and validating uploads holds whole clips in memory; two at a time bounds that.
 VALIDATION_SLOTS = 2
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 410, 411, 413, 415, 422)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 410, 413, 415, 416, 422, 503, 507)
 }
 
 
@@ -88,16 +94,29 @@ def create_app(
     limits: UploadLimits,
     info: WorkerInfo,
     masks: Any = None,
+    public_docs: bool = False,
 ) -> FastAPI:
     """``masks`` is the worker's ``backend.masks.service.MaskService`` (``--sam3``): it enables 'auto' mask
-    sources and ``POST /v1/masks``."""
+    sources and ``POST /v1/masks``. ``public_docs``: serve ``/openapi.json`` and ``/docs`` without the token (the
+    CLI sets it for a worker that listens on loopback only)."""
     app = FastAPI(
         title="SCAIL-2 worker",
         version=info.version,
         description="SCAIL-2 motion transfer jobs: submit, poll, cancel, download. See docs/API.md.",
         responses=ERROR_RESPONSES,
+        openapi_url=None,  # served below, behind the token when the worker is reachable from other machines
+        docs_url=None,
+        redoc_url=None,
     )
     validation_slots = asyncio.Semaphore(VALIDATION_SLOTS)
+    upload_routes = {f"/{API_VERSION}/jobs", f"/{API_VERSION}/masks"}
+
+    def body_limit(method: str, path: str) -> tuple[int, str]:
+        if method == "POST" and path in upload_routes:
+            return limits.max_upload_bytes, "files"
+        return SMALL_BODY_LIMIT, "body"
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -115,13 +134,63 @@ def create_app(
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error_response(ApiError(exc.status_code, code, str(exc.detail), None))
 
+    @app.exception_handler(OSError)
+    @app.exception_handler(sqlite3.Error)
+    async def _storage(_: Request, exc: Exception) -> JSONResponse:
+        """A full disk is answered 507 and a database that fails 503: neither is the client's fault, neither is
+        a bug in the request's handling (both are logged)."""
+        if is_storage_full(exc):
+            log.warning("request refused: the disk is full", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return _error_response(InsufficientStorage("the request could not be stored"))
+        if isinstance(exc, sqlite3.Error):
+            log.error("the job store failed a request", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return _error_response(ApiError(503, "store_unavailable", f"the worker's job store failed ({exc}); "
+                                            "retry, and tell the worker's operator if it persists", None,
+                                            {"Retry-After": "10"}))
+        return await _internal(_, exc)
+
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error in a request")
+        log.error("unhandled error in a request", exc_info=exc)
         return _error_response(ApiError(500, "internal", f"internal error ({type(exc).__name__}); see the worker log"))
 
     def authorize(authorization: str | None) -> None:
         guard.require(authorization)
+
+    async def read_form(request: Request, **limits_: int) -> Any:
+        """The multipart form, or a 400 naming what is wrong with the body (a 413 from ``BodyLimitMiddleware`` and
+        a 507 for a full disk pass through)."""
+        try:
+            return await request.form(**limits_)
+        except StarletteHTTPException as exc:  # starlette's own multipart checks (limits, boundary)
+            raise ApiError(400, "malformed_body", f"could not parse the multipart body ({exc.detail})",
+                           "body") from exc
+        except (ValueError, ClientDisconnect) as exc:  # python-multipart's parse errors are ValueErrors
+            raise ApiError(400, "malformed_body", f"could not parse the multipart body ({exc})", "body") from exc
+        except OSError as exc:  # spooling a large file part to a temporary file
+            if is_storage_full(exc):
+                raise InsufficientStorage("the upload could not be received") from exc
+            raise
+
+    def require_room() -> None:
+        if not store.has_room():
+            raise InsufficientStorage(f"only {free_bytes(store.data_dir) / 2**20:.0f} MiB are free under the "
+                                      f"worker's --data folder (it keeps {store.min_free_bytes / 2**20:.0f} MiB "
+                                      "free, --min-free-mb)")
+
+    # -- the schema and its explorer --
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi_schema(authorization: Authorization = None) -> JSONResponse:
+        if not public_docs:
+            authorize(authorization)
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def openapi_explorer(authorization: Authorization = None) -> HTMLResponse:
+        if not public_docs:
+            authorize(authorization)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - API explorer")
 
     # -- health --
 
@@ -150,6 +219,9 @@ def create_app(
             features={"auto_masks": masks is not None, "range_downloads": True, "idempotency_keys": True},
             performance=info.performance,
             cluster=runner.cluster_info(),
+            storage={"free_mb": round(free_bytes(store.data_dir) / 2**20, 1),
+                     "min_free_mb": round(store.min_free_bytes / 2**20, 1), "accepting_jobs": store.has_room(),
+                     "runner_paused": runner.paused},
         )
 
     # -- submission --
@@ -172,18 +244,11 @@ def create_app(
         if not content_type.startswith("multipart/form-data"):
             raise ApiError(415, "unsupported_media_type", "send the job as multipart/form-data with a JSON 'spec' "
                            "field and file fields", "Content-Type")
-        length = request.headers.get("content-length")
-        if length is None or not length.isdigit():
-            raise ApiError(411, "length_required", "the request needs a Content-Length header", "Content-Length")
-        if int(length) > limits.max_upload_bytes:
-            raise ApiError(413, "too_large", f"the upload is {int(length) / 2**20:.1f} MiB; this worker accepts at "
-                           f"most {limits.max_upload_bytes / 2**20:.0f} MiB per job", "files")
+        require_room()
+        form = await read_form(request, max_files=32, max_fields=8, max_part_size=MAX_SPEC_BYTES)
+        staging: Path | None = None
         try:
-            form = await request.form(max_files=32, max_fields=8, max_part_size=MAX_SPEC_BYTES)
-        except Exception as exc:  # multipart parse errors come in several types
-            raise ApiError(400, "malformed_body", f"could not parse the multipart body ({exc})", "body") from exc
-        staging = store.new_staging_dir()
-        try:
+            staging = store.new_staging_dir()
             spec, raw_spec, uploads = _read_form(form)
             files: dict[str, str] = {}
             digests: dict[str, str] = {}
@@ -216,9 +281,14 @@ def create_app(
                                          staged_inputs=staging))
         except IdempotencyConflict as exc:
             raise _conflict(exc.existing) from exc
+        except Exception as exc:
+            if is_storage_full(exc):
+                raise InsufficientStorage("the upload could not be stored") from exc
+            raise
         finally:
             await form.close()
-            discard(staging)
+            if staging is not None:
+                discard(staging)
         if created:
             await run_in_threadpool(write_quietly, write_input_thumbnails, store.job_dir(job.id), preview)
         runner.notify()
@@ -253,21 +323,17 @@ def create_app(
         from backend.masks.service import settings_from_spec, write_preview_zip
         from backend.scail2.errors import CheckpointError, Scail2InputError
 
-        from .uploads import engine_error, load_preview_inputs
+        from .errors import engine_error
+        from .uploads import load_preview_inputs
 
-        length = request.headers.get("content-length")
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ApiError(415, "unsupported_media_type", "send multipart/form-data with a JSON 'spec' field and "
                            "'reference' and/or 'driving' files", "Content-Type")
-        if length is None or not length.isdigit() or int(length) > limits.max_upload_bytes:
-            raise ApiError(413, "too_large", f"send a Content-Length of at most {limits.max_upload_bytes / 2**20:.0f} "
-                           "MiB", "files")
+        require_room()
+        form = await read_form(request, max_files=2, max_fields=2, max_part_size=MAX_SPEC_BYTES)
+        staging: Path | None = None
         try:
-            form = await request.form(max_files=2, max_fields=2, max_part_size=MAX_SPEC_BYTES)
-        except Exception as exc:  # multipart parse errors come in several types
-            raise ApiError(400, "malformed_body", f"could not parse the multipart body ({exc})", "body") from exc
-        staging = store.new_staging_dir()
-        try:
+            staging = store.new_staging_dir()
             raw, uploads = None, {}
             for key, value in form.multi_items():
                 if isinstance(value, UploadFile):
@@ -300,7 +366,8 @@ def create_app(
             body = archive.read_bytes()
         finally:
             await form.close()
-            discard(staging)
+            if staging is not None:
+                discard(staging)
         log.info("masks previewed", extra={"files": sorted(files), "warnings": len(result.warnings)})
         return Response(body, media_type="application/zip",
                         headers={"Content-Disposition": 'attachment; filename="masks.zip"'})
@@ -403,12 +470,7 @@ def _read_form(form: Any) -> tuple[JobSpec, dict[str, Any], dict[str, UploadFile
                           "unknown form field; send a JSON 'spec' field and file fields", 400)
     if raw is None:
         raise invalid("spec", "the multipart body needs a 'spec' field holding the job's JSON settings", 400)
-    try:
-        parsed = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, "malformed_json", f"spec is not valid JSON: {exc}", "spec") from exc
-    if not isinstance(parsed, dict):
-        raise ApiError(400, "malformed_json", "spec must be a JSON object", "spec")
+    parsed = parse_json_object(raw, "spec")
     try:
         spec = JobSpec.model_validate(parsed)
     except ValidationError as exc:

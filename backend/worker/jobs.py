@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from . import API_VERSION
 from .errors import ApiError
 from .logs import get_logger
+from .results import ResultFileResponse
 from .schemas import JobError, JobProgress, JobSpec, JobStatus, ResultInfo
 from .store import JobRecord, JobStore
 
@@ -102,16 +103,17 @@ def finished_result(store: JobStore, job_id: str) -> tuple[JobRecord, Path, dict
 
 
 def result_file(store: JobStore, job_id: str, kind: str, index: int | None = None,
-                disposition: str = "attachment") -> FileResponse:
-    """One result file (a frame, the zip or the mp4) with its SHA-256 as ETag; Starlette answers Range requests."""
+                disposition: str = "attachment") -> ResultFileResponse:
+    """One result file (a frame, the zip or the mp4) with its SHA-256 as ETag; Range requests are answered by
+    Starlette, an unusable Range by the API's JSON error (``ResultFileResponse``)."""
     _, folder, manifest = finished_result(store, job_id)
     for entry in manifest["files"]:
         if entry["kind"] == kind and (index is None or entry.get("index") == index):
             # entry["name"] was written by the runner, never taken from the request.
-            return FileResponse(folder / entry["name"], media_type=RESULT_MEDIA_TYPES[kind],
-                                headers={"ETag": f'"{entry["sha256"]}"', "X-Content-SHA256": entry["sha256"],
-                                         "Cache-Control": "private, max-age=0"},
-                                filename=Path(entry["name"]).name, content_disposition_type=disposition)
+            return ResultFileResponse(folder / entry["name"], media_type=RESULT_MEDIA_TYPES[kind],
+                                      headers={"ETag": f'"{entry["sha256"]}"', "X-Content-SHA256": entry["sha256"],
+                                               "Cache-Control": "private, max-age=0"},
+                                      filename=Path(entry["name"]).name, content_disposition_type=disposition)
     raise ApiError(404, "not_found", f"the result has no frame {index}" if index is not None else
                    f"the result has no {kind}", "index" if index is not None else None)
 

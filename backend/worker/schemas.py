@@ -148,7 +148,7 @@ class ResultInfo(BaseModel):
 
 
 class JobError(BaseModel):
-    type: str = Field(description="'input', 'checkpoint', 'internal' or 'crashed'")
+    type: str = Field(description="'input', 'checkpoint', 'internal', 'crashed' or 'disk_full'")
     field: str | None = None
     message: str
 
@@ -317,6 +317,14 @@ class ClusterInfo(BaseModel):
     queue: ClusterQueue
 
 
+class StorageInfo(BaseModel):
+    free_mb: float = Field(description="free disk space under --data")
+    min_free_mb: float = Field(description="--min-free-mb: below it submissions get 507 and no job starts")
+    accepting_jobs: bool = Field(description="free_mb >= min_free_mb")
+    runner_paused: str | None = Field(description="why the runner starts no job now (a full disk, a job store "
+                                      "that refuses writes), or null")
+
+
 class HealthPublic(BaseModel):
     status: Literal["ok"]
     version: str
@@ -336,3 +344,4 @@ class Health(HealthPublic):
     cluster: ClusterInfo | None = Field(
         None, description="gateway mode (--ray): nodes, GPUs, engines and the fair-share queue; null on a single "
         "machine. performance and gpu are then null: each engine reports its own")
+    storage: StorageInfo | None = Field(None, description="the job store's disk and whether jobs can start")

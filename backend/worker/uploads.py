@@ -2,12 +2,14 @@
 
 A submission is checked in this order, cheapest first, so a bad upload costs as little as possible:
 
-1. the request's ``Content-Length`` against ``--max-upload-mb`` (before any byte of the body is read);
+1. the body's size against ``--max-upload-mb``, counted as it arrives whatever its framing (``body_limit``);
 2. the file field names against an allow-list; every file is stored under the allow-listed name (never the
    client's file name) with a suffix chosen from its first bytes (PNG/JPEG/WebP, zip, otherwise a video);
-3. the media: videos are probed by ffmpeg (size, duration, frame estimate) before they are decoded, zip archives
-   are checked member by member (count, uncompressed sizes) before any PNG is decoded, images by their header;
-4. the whole request through the engine's own validation (``prepare_inputs``: masks, palette colours, frame
+3. the media, from headers only, all inputs before any is decoded (``media_budget``): image headers, the header
+   of every PNG in a frame archive, ffmpeg's probe of a video, against the side, frame, duration and decoded-
+   memory limits;
+4. the decode, where every failure to parse a file becomes a 4xx naming its field (``errors.reading``), then the
+   whole request through the engine's own validation (``prepare_inputs``: masks, palette colours, frame
    counts, aspect ratios, sizes) and the preset/LoRA settings.
 
 The runner later rebuilds the identical request from the stored files with ``load_request``.
@@ -18,21 +20,21 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import ApiError, invalid
+from .errors import ApiError, engine_error, invalid, reading
+from .media_budget import MediaBudget, measure_inputs
 from .schemas import MAX_EXTRA_REFERENCES, JobSpec
 
 COPY_CHUNK = 1 << 20
-ZIP_MAX_MEMBER_BYTES = 256 << 20  # one decompressed PNG frame; far above any real 4K RGBA PNG
 FIXED_FIELDS = ("reference", "reference_mask", "driving", "driving_mask")
 _EXTRA_FIELD = re.compile(r"^extra_reference(_mask)?_(\d{1,2})$")
 IMAGE_FIELDS_KIND = "image"
 CLIP_FIELDS_KIND = "clip"
+CLIP_FIELDS = ("driving", "driving_mask")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,11 @@ class UploadLimits:
     max_frames: int = 2400
     max_seconds: float = 600.0
     max_side: int = 4096
-    max_decoded_bytes: int = 8 << 30  # one decoded clip in memory (frames x height x width x channels)
+    max_decoded_bytes: int = 8 << 30  # all of one job's decoded inputs (frames x height x width x channels)
+
+    def budget(self) -> MediaBudget:
+        return MediaBudget(max_side=self.max_side, max_frames=self.max_frames, max_seconds=self.max_seconds,
+                           max_decoded_bytes=self.max_decoded_bytes)
 
     def media_limits(self):
         from backend.scail2.conditioning.media import MediaLimits
@@ -72,7 +78,7 @@ def canonical_field(name: str) -> str:
 
 def field_kind(field: str) -> str:
     """'clip' for the driving video and its mask (a video or a zip of PNGs), 'image' for everything else."""
-    return CLIP_FIELDS_KIND if field in ("driving", "driving_mask") else IMAGE_FIELDS_KIND
+    return CLIP_FIELDS_KIND if field in CLIP_FIELDS else IMAGE_FIELDS_KIND
 
 
 def sniff_suffix(head: bytes) -> str:
@@ -126,102 +132,34 @@ def resolve_mask_sources(spec: JobSpec, files: Mapping[str, Any], auto_masks: bo
     return sources
 
 
-def _check_zip(path: Path, field: str, limits: UploadLimits) -> None:
-    """Refuse archives that would decompress to too much before any frame is decoded."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = [info for info in archive.infolist() if info.filename.lower().endswith(".png")]
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise invalid(field, f"not a readable zip of PNG frames ({exc})") from exc
-    if not members:
-        raise invalid(field, "the zip contains no .png frames")
-    if len(members) > limits.max_frames:
-        raise invalid(field, f"{len(members)} frames is more than this worker's {limits.max_frames}-frame limit",
-                      status=413)
-    for info in members:
-        if info.file_size > ZIP_MAX_MEMBER_BYTES:
-            raise invalid(field, f"{info.filename!r} decompresses to {info.file_size} bytes; frames must be "
-                          f"under {ZIP_MAX_MEMBER_BYTES >> 20} MiB each", status=413)
-
-
-def _check_decoded_size(field: str, frames: int, width: int, height: int, channels: int,
-                        limits: UploadLimits) -> None:
-    """Refuse a clip whose decoded frames would not fit the worker's memory budget, before decoding it."""
-    need = frames * width * height * channels
-    if need > limits.max_decoded_bytes:
-        raise invalid(field, f"{frames} frames of {width}x{height} decode to {need / 2**30:.1f} GiB, more than this "
-                      f"worker's {limits.max_decoded_bytes / 2**30:.1f} GiB budget; use frame_range or a smaller "
-                      "clip", status=413)
-
-
-def _zip_frame_geometry(path: Path) -> tuple[int, int, int]:
-    """(width, height, channels) of the first PNG of a frame archive, read from its header only."""
-    from PIL import Image
-
-    with zipfile.ZipFile(path) as archive:
-        first = min((n for n in archive.namelist() if n.lower().endswith(".png")), default=None)
-        if first is None:
-            return 0, 0, 0
-        with archive.open(first) as member, Image.open(member) as image:
-            channels = 4 if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info else 3
-            return image.width, image.height, channels
-
-
-def _engine_field_to_api(field: str | None) -> str | None:
-    """Map the engine's field names onto the API's: spec keys get 'spec.', extra references their file fields."""
-    if field is None:
-        return None
-    match = re.match(r"^extra_references\[(\d+)\]\.(image|mask)$", field)
-    if match:
-        index = match.group(1)
-        return f"extra_reference_{index}" if match.group(2) == "image" else f"extra_reference_mask_{index}"
-    if field in ("reference", "reference_mask", "driving", "driving_mask"):
-        return field
-    if field.startswith("extra_references"):
-        return "files"
-    return f"spec.{field}"
-
-
-def engine_error(exc: Exception, folder: Path | None = None, inputs: Mapping[str, str] | None = None) -> ApiError:
-    """A ``Scail2InputError`` as a 422 naming the API field. The engine names the stored files; the client knows
-    its uploads by field name, so their paths are replaced by that (server paths are never shown)."""
-    message = str(exc)
-    for field, name in (inputs or {}).items():
-        if folder is not None:
-            message = message.replace(str(folder / name), f"the uploaded '{field}'")
-    return invalid(_engine_field_to_api(getattr(exc, "field", None)) or "spec", message)
-
-
-def _read_image(path: Path, field: str, limits: UploadLimits):
+def _decode_image(field: str, inputs: Mapping[str, str], folder: Path, limits: UploadLimits):
+    """Decode one image upload (measured by ``media_budget`` already); any parse failure is a 4xx for ``field``."""
     from backend.scail2.conditioning.media import read_image
 
-    return read_image(path, field=field, limits=limits.media_limits())
+    with reading(field, folder, inputs):
+        return read_image(folder / inputs[field], field=field, limits=limits.media_limits())
 
 
-def _read_clip(path: Path, field: str, fps: float | None, limits: UploadLimits, end: int | None = None):
-    """Decode a driving clip or mask (video or zip of PNGs); ``end`` stops a video's decoding there."""
-    from backend.scail2.conditioning.media import probe_video, read_frame_zip, read_video
+def _decode_clip(field: str, inputs: Mapping[str, str], folder: Path, limits: UploadLimits, fps: float | None,
+                 frame_range: tuple[int, int] | None):
+    """Decode a driving clip or mask (a video or a zip of PNGs, measured already) and cut it to ``frame_range``;
+    a video is decoded only up to the range's end."""
+    from backend.scail2.conditioning.media import read_frame_zip, read_video
 
-    if path.suffix == ".zip":
-        if fps is None:
-            raise invalid("spec.fps", f"'{field}' is a zip of PNG frames: give its frame rate as spec.fps")
-        _check_zip(path, field, limits)
-        with zipfile.ZipFile(path) as archive:
-            count = sum(1 for name in archive.namelist() if name.lower().endswith(".png"))
-        _check_decoded_size(field, count, *_zip_frame_geometry(path), limits)
-        return read_frame_zip(path, fps, field=field, limits=limits.media_limits())
-    if path.suffix != ".video":
-        raise invalid(field, f"{field} must be a video file or a zip of PNG frames, got a single image")
-    info = probe_video(path, field=field)
-    frames = info.estimated_frames if end is None else min(info.estimated_frames, end)
-    if end is not None and frames > limits.max_frames:
-        raise invalid(field, f"frame_range asks for {frames} frames; this worker decodes at most {limits.max_frames}",
-                      status=413)
-    _check_decoded_size(field, frames, info.width, info.height, 4 if info.has_alpha else 3, limits)
-    clip = read_video(path, field=field, limits=limits.media_limits(), max_frames=end)
-    if fps is not None:
-        clip.fps = float(fps)
-    return clip
+    path = folder / inputs[field]
+    with reading(field, folder, inputs):
+        if path.suffix == ".zip":
+            if fps is None:
+                raise invalid("spec.fps", f"'{field}' is a zip of PNG frames: give its frame rate as spec.fps")
+            clip = read_frame_zip(path, fps, field=field, limits=limits.media_limits())
+        elif path.suffix == ".video":
+            clip = read_video(path, field=field, limits=limits.media_limits(),
+                              max_frames=frame_range[1] if frame_range else None)
+            if fps is not None:
+                clip.fps = float(fps)
+        else:
+            raise invalid(field, f"{field} must be a video file or a zip of PNG frames, got a single image")
+        return _slice_frames(clip, frame_range, field)
 
 
 def _slice_frames(clip, frame_range: tuple[int, int] | None, field: str):
@@ -283,27 +221,21 @@ def build_request(spec: JobSpec, inputs: Mapping[str, str], folder: Path, limits
         raise invalid(f"extra_reference_{len(indices)}", "additional references must be numbered 0, 1, 2 ... "
                       f"without gaps, got {indices}")
 
+    end = spec.frame_range[1] if spec.frame_range else None
+    measure_inputs(limits.budget(), inputs, folder, CLIP_FIELDS, end)  # every input's header, before any decode
+    reference = _decode_image("reference", inputs, folder, limits)
+    reference_mask = _decode_image("reference_mask", inputs, folder, limits) if "reference_mask" in inputs else None
+    driving = _decode_clip("driving", inputs, folder, limits, spec.fps, spec.frame_range)
+    driving_mask = None
+    if "driving_mask" in inputs:
+        driving_mask = _decode_clip("driving_mask", inputs, folder, limits, spec.fps or driving.fps, spec.frame_range)
+    extras = []
+    for index in indices:
+        mask_field = f"extra_reference_mask_{index}"
+        extras.append(ExtraReference(image=_decode_image(f"extra_reference_{index}", inputs, folder, limits),
+                                     mask=_decode_image(mask_field, inputs, folder, limits)
+                                     if mask_field in inputs else None))
     try:
-        reference = _read_image(folder / inputs["reference"], "reference", limits)
-        reference_mask = None
-        if "reference_mask" in inputs:
-            reference_mask = _read_image(folder / inputs["reference_mask"], "reference_mask", limits)
-        end = spec.frame_range[1] if spec.frame_range else None
-        driving = _slice_frames(_read_clip(folder / inputs["driving"], "driving", spec.fps, limits, end),
-                                spec.frame_range, "driving")
-        driving_mask = None
-        if "driving_mask" in inputs:
-            driving_mask = _slice_frames(
-                _read_clip(folder / inputs["driving_mask"], "driving_mask", spec.fps or driving.fps, limits, end),
-                spec.frame_range, "driving_mask",
-            )
-        extras = []
-        for index in indices:
-            image = _read_image(folder / inputs[f"extra_reference_{index}"], f"extra_reference_{index}", limits)
-            mask_field = f"extra_reference_mask_{index}"
-            mask = _read_image(folder / inputs[mask_field], mask_field, limits) if mask_field in inputs else None
-            extras.append(ExtraReference(image=image, mask=mask))
-
         sampling = SamplingSettings.from_preset(
             spec.preset, steps=spec.steps, guidance=spec.guidance, shift=spec.shift, sampler=spec.sampler,
             seed=spec.seed,
@@ -342,8 +274,6 @@ def build_request(spec: JobSpec, inputs: Mapping[str, str], folder: Path, limits
 
 def load_preview_inputs(spec: Any, inputs: Mapping[str, str], folder: Path, limits: UploadLimits):
     """(reference image or None, driving clip or None) for ``POST /v1/masks``, checked like job uploads."""
-    from backend.scail2.errors import Scail2InputError
-
     unknown = sorted(set(inputs) - {"reference", "driving"})
     if unknown:
         raise invalid(unknown[0], "a mask preview takes only 'reference' and/or 'driving' files")
@@ -351,14 +281,11 @@ def load_preview_inputs(spec: Any, inputs: Mapping[str, str], folder: Path, limi
         raise invalid("files", "send a 'reference' image and/or a 'driving' clip to mask")
     if "reference" in inputs and not inputs["reference"].endswith((".png", ".jpg", ".webp")):
         raise invalid("reference", "reference must be a PNG, JPEG or WebP image")
-    try:
-        reference = _read_image(folder / inputs["reference"], "reference", limits) if "reference" in inputs else None
-        driving = None
-        if "driving" in inputs:
-            driving = _slice_frames(_read_clip(folder / inputs["driving"], "driving", spec.fps, limits),
-                                    spec.frame_range, "driving")
-    except Scail2InputError as exc:
-        raise engine_error(exc, folder, inputs) from exc
+    measure_inputs(limits.budget(), inputs, folder, CLIP_FIELDS, None)
+    reference = _decode_image("reference", inputs, folder, limits) if "reference" in inputs else None
+    driving = None
+    if "driving" in inputs:
+        driving = _decode_clip("driving", inputs, folder, limits, spec.fps, spec.frame_range)
     return reference, driving
 
 

@@ -60,12 +60,13 @@ def request(url: str, method: str, path: str, *, headers: dict[str, str] | None 
             conn.close()
 
 
-def multipart(fields: dict[str, str | bytes], files: dict[str, tuple[str, bytes]] | None = None,
-              boundary: str | None = None) -> tuple[str, bytes]:
-    """(Content-Type, body) of a multipart/form-data request with text ``fields`` and ``files`` (name, bytes)."""
+def multipart(fields: dict[str, str | bytes] | list[tuple[str, str | bytes]],
+              files: dict[str, tuple[str, bytes]] | None = None, boundary: str | None = None) -> tuple[str, bytes]:
+    """(Content-Type, body) of a multipart/form-data request with text ``fields`` (a dict, or pairs to send one
+    name twice) and ``files`` (field name -> (file name, bytes))."""
     boundary = boundary or f"raw-{secrets.token_hex(12)}"
     parts: list[bytes] = []
-    for name, value in fields.items():
+    for name, value in (fields.items() if isinstance(fields, dict) else fields):
         data = value.encode() if isinstance(value, str) else value
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + data
                      + b"\r\n")
@@ -142,6 +143,8 @@ def _parse(data: bytes, seconds: float) -> RawResponse:
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
+    if "content-length" in headers:  # anything after it is the server's answer to what followed (a next request)
+        body = body[:int(headers["content-length"])]
     return RawResponse(status, headers, body, seconds)
 
 

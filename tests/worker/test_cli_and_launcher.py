@@ -95,6 +95,32 @@ def test_generated_token_tls_and_retention(tiny_checkpoint, inputs, tmp_path):
     assert token not in stderr
 
 
+def test_schema_and_explorer_need_the_token_off_loopback(tiny_checkpoint, tmp_path):
+    """/openapi.json and /docs are as open as the socket: behind the token on a worker bound to all addresses."""
+    token = "s" * 43
+    process = subprocess.Popen(
+        [sys.executable, "-m", "backend.worker.cli", "serve", "--checkpoint", str(tiny_checkpoint), "--data",
+         str(tmp_path / "data"), "--device", "cpu", "--host", "0.0.0.0", "--port", "0"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "SCAIL_WORKER_TOKEN": token},
+    )
+    try:
+        ready = process.stdout.readline().strip()
+        assert ready.startswith("SCAIL-WORKER READY http://0.0.0.0:"), ready
+        url = "http://127.0.0.1:" + ready.rsplit(":", 1)[1]
+        for path in ("/openapi.json", "/docs"):
+            refused = requests.get(url + path, timeout=10)
+            assert refused.status_code == 401 and refused.json()["error"]["field"] == "Authorization", path
+            allowed = requests.get(url + path, timeout=10, headers={"Authorization": f"Bearer {token}"})
+            assert allowed.status_code == 200, path
+        assert "/v1/jobs" in requests.get(url + "/openapi.json", timeout=10,
+                                          headers={"Authorization": f"Bearer {token}"}).json()["paths"]
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    assert process.returncode == 0
+
+
 def test_stop_while_starting_does_not_wait_for_the_start(tiny_checkpoint, tmp_path):
     """Blender quitting while the model loads: stop() from another thread ends the start at once."""
     worker = LocalWorker(sys.executable, tiny_checkpoint, tmp_path / "data", device="cpu",

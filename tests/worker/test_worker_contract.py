@@ -118,6 +118,17 @@ def test_every_endpoint_answers_without_5xx_or_logged_errors(contract_worker, in
         if_range = call("GET", entry["url"], headers={"Range": "bytes=0-9", "If-Range": f'"{entry["sha256"]}"'})
         assert if_range.status == 206 and if_range.body == whole.body[:10]
     assert call("GET", f"/v1/jobs/{job_id}/result/frames/9").status == 404
+    mp4 = f"/v1/jobs/{job_id}/result/mp4"
+    for bad_range, status in (("bytes=abc", 400), ("pages=0-9", 400), ("bytes=999999999-", 416)):
+        refused = call("GET", mp4, headers={"Range": bad_range})
+        assert refused.status == status and refused.error["field"] == "Range", (bad_range, refused.body)
+
+    # A loopback worker serves its schema and explorer without the token (off loopback they need it: see
+    # test_cli_and_launcher); ours is on loopback.
+    schema = call("GET", "/openapi.json", token=False)
+    assert schema.status == 200 and "/v1/jobs/{job_id}/result/mp4" in schema.json()["paths"]
+    explorer = call("GET", "/docs", token=False)
+    assert explorer.status == 200 and explorer.headers["content-type"].startswith("text/html")
 
     previews = call("POST", "/v1/masks", headers={"Content-Type": multipart({"spec": "{}"})[0]},
                     body=multipart({"spec": "{}"})[1])
@@ -143,5 +154,5 @@ def test_every_endpoint_answers_without_5xx_or_logged_errors(contract_worker, in
     assert call("GET", "/v1/jobs", token=False).status == 401
 
     statuses = {status for _, _, status in call.seen}
-    assert statuses <= {200, 201, 204, 206, 401, 404, 405, 409}, statuses
+    assert statuses <= {200, 201, 204, 206, 400, 401, 404, 405, 409, 416}, statuses
     assert error_lines(contract_worker.log_path.read_text()) == [], "the worker logged errors"

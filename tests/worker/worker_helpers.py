@@ -60,7 +60,7 @@ def write_mask_zip(path: Path, frames: int, size: tuple[int, int] = (144, 176), 
 
 def start_worker(checkpoint: Path, data_dir: Path, log_path: Path, *extra: str) -> LocalWorker:
     worker = LocalWorker(sys.executable, checkpoint, data_dir, device="cpu", log_path=log_path,
-                         extra_args=["--max-upload-mb", str(UPLOAD_LIMIT_MB), "--max-side", "1024",
+                         extra_args=["--max-upload-mb", str(UPLOAD_LIMIT_MB), "--max-side", "1024", "--min-free-mb", "64",
                                      "--max-decoded-gb", str(DECODE_BUDGET_GB), *extra],
                          ready_timeout=180)
     return worker.start()
