@@ -104,10 +104,12 @@ class ResultFileResponse(FileResponse):
         http_range = headers.get("range")
         if http_range is None or method.upper() not in ("GET", "HEAD"):
             return None
+        stat = os.stat(self.path)
+        self.set_stat_headers(stat)  # Last-Modified, which If-Range may name (Starlette sets it the same way)
         if_range = headers.get("if-range")
         if if_range is not None and not self._should_use_range(if_range):
             return None  # the whole file is sent: the range is ignored, as HTTP says
-        size = os.stat(self.path).st_size
+        size = stat.st_size
         try:
             # Starlette's own parser, so exactly the ranges it would refuse are answered here.
             self._parse_range_header(http_range, size)
