@@ -5,8 +5,9 @@ What each stored upload will decode to is read without decoding it: the PNG ``IH
 segment, the WebP ``VP8``/``VP8L``/``VP8X`` header, the ``IHDR`` of *every* PNG member of a frame archive, and
 ffmpeg's probe of a video. Then the whole job is checked against the worker's limits (``--max-side``,
 ``--max-frames``, ``--max-seconds`` per input, ``--max-decoded-gb`` for all inputs together) and refused with a 413
-naming the field before a single pixel is decoded. PIL's own decompression-bomb check never gets to fire on an
-upload, because no image larger than ``--max-side`` on a side reaches it.
+naming the field before a single pixel is decoded. With the default ``--max-side`` no image reaches PIL's own
+decompression-bomb check; with a larger one that check can fire while decoding, and ``errors.reading`` makes it a
+413 too.
 
 Decoded sizes are what the engine holds in memory: ``frames x height x width x channels`` bytes, with 4 channels for
 images that can carry alpha (RGBA, grey+alpha, palette) and 3 otherwise.

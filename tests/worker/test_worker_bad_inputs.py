@@ -37,13 +37,17 @@ def bad_files(inputs, tmp_path_factory) -> dict[str, Path]:
                     "color=c=black:s=64x64:r=16", "-frames:v", "0", "-c:v", "libx264", str(folder / "empty.mp4")],
                    check=True)
     (folder / "bunny.mp4").write_bytes(BUNNY_VIDEO.read_bytes())
+    # Within every per-clip limit (640x360, 480 frames, 30 s) but 330 MB decoded: over the tests' 256 MiB budget.
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc2=s=640x360:r=16", "-t", "30", "-c:v", "libx264", "-preset", "ultrafast",
+                    str(folder / "long_640x360.mp4")], check=True)
     write_mask_zip(folder / "mask_5_frames.zip", 5)
     # A photo given as a mask: almost no pixel is a palette colour, white or black.
     photo = np.asarray(Image.open(OTHER_PHOTO).convert("RGB").resize((128, 128)))
     Image.fromarray(photo).save(folder / "photo_mask.png")
     Image.open(inputs.reference).convert("RGB").save(folder / "rgb_reference.png")
-    return {name: folder / name for name in (*files, "empty.mp4", "bunny.mp4", "mask_5_frames.zip", "photo_mask.png",
-                                             "rgb_reference.png")}
+    return {name: folder / name for name in (*files, "empty.mp4", "bunny.mp4", "long_640x360.mp4", "mask_5_frames.zip",
+                                             "photo_mask.png", "rgb_reference.png")}
 
 
 def post_job(worker, spec, files: dict[str, Path], token: str | None = "worker", raw_spec: str | None = None):
@@ -76,8 +80,10 @@ CASES = {
                                      "match no mask colour"),
     "no mask and no alpha": ({}, {"reference": "rgb_reference.png"}, None, 422, "reference_mask", "required"),
     "oversize upload": ({}, {"driving": "junk.bin"}, None, 413, "files", "at most"),
-    "clip over the decode budget": ({"frame_range": None}, {"driving": "bunny.mp4"}, None, 413, "driving",
-                                    "GiB"),
+    "clip wider than the side limit": ({"frame_range": None}, {"driving": "bunny.mp4"}, None, 413, "driving",
+                                       "--max-side"),
+    "clip over the decode budget": ({"frame_range": None}, {"driving": "long_640x360.mp4", "driving_mask": None}, None,
+                                    413, "driving", "GiB"),
     "size not multiple of 32": ({"size": "100x64"}, {}, None, 422, "spec.size", "multiple of 32"),
     "unknown preset": ({"preset": "ultra"}, {}, None, 422, "spec.preset", "fast"),
     "malformed spec JSON": ({}, {}, '{"mode": "animation", ', 400, "spec", "not valid JSON"),
