@@ -474,8 +474,21 @@ def _settings_summary(spec: JobSpec, request: Any, prepared: Any) -> dict[str, A
         "frames": prepared.num_frames,
         "fps": prepared.fps,
         "extra_references": len(prepared.extra_images),
+        # Which image the engine got at each index, so a log shows extra views arrived in the client's order.
+        "extra_reference_digests": [pixel_digest(extra.image) for extra in request.extra_references],
         "color_anchor": request.color_anchor,
     }
+
+
+def pixel_digest(image: Any) -> str:
+    """The first 16 hex digits of the SHA-256 of an image's decoded pixels (shape and dtype included)."""
+    import hashlib
+
+    import numpy as np
+
+    array = np.ascontiguousarray(image)
+    header = f"{array.shape}{array.dtype}".encode()
+    return hashlib.sha256(header + array.tobytes()).hexdigest()[:16]
 
 
 def describe_failure(exc: Exception) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -10,8 +11,10 @@ import time
 from pathlib import Path
 
 import bpy
+import numpy as np
 import pytest
 from addon_helpers import MEDIA, add_camera_at, build_shapes_scene, colour_pixels, read_png
+from PIL import Image
 
 CLIP = MEDIA / "carphone_pristine.mp4"
 
@@ -214,7 +217,7 @@ def test_generate_sends_extra_views_to_the_engine_in_order(addon, local_worker, 
 
     The worker keeps each upload under its field name (``DATA/jobs/<id>/inputs/``) and rebuilds the engine's
     request from those files in index order; its "job finished" log line counts the extra references the
-    engine received."""
+    engine received and the digest of each one's pixels, in the order the engine got them."""
     bpy.ops.wm.read_homefile(use_empty=True)
     scene = build_shapes_scene([("Cube", "cube", -1.5, 0.0), ("Sphere", "sphere", 1.5, 0.0)])
     add_camera_at(scene, "Side", (9.0, 0.0, 1.2), (90, 0, 90))
@@ -254,3 +257,11 @@ def test_generate_sends_extra_views_to_the_engine_in_order(addon, local_worker, 
         f"extra_reference_{kind}{i}" for i in range(views) for kind in ("", "mask_"))
     finished = [line for line in lines if line.get("event") == "job finished" and line.get("job") == job.job_id]
     assert finished[-1]["status"] == "succeeded" and finished[-1]["settings"]["extra_references"] == views
+    assert finished[-1]["settings"]["extra_reference_digests"] == [
+        pixel_digest(stored / f"extra_reference_{index}.png") for index in range(views)]
+
+
+def pixel_digest(path: Path) -> str:
+    """The worker's digest of a decoded image, recomputed here with PIL (torch may not load beside bpy)."""
+    pixels = np.ascontiguousarray(np.asarray(Image.open(path)))
+    return hashlib.sha256(f"{pixels.shape}{pixels.dtype}".encode() + pixels.tobytes()).hexdigest()[:16]
