@@ -173,10 +173,9 @@ def create_app(
             raise
 
     def require_room() -> None:
-        if not store.has_room():
-            raise InsufficientStorage(f"only {free_bytes(store.data_dir) / 2**20:.0f} MiB are free under the "
-                                      f"worker's --data folder (it keeps {store.min_free_bytes / 2**20:.0f} MiB "
-                                      "free, --min-free-mb)")
+        short = store.shortage()
+        if short is not None:
+            raise InsufficientStorage(f"under the worker's --data folder {short}")
 
     # -- the schema and its explorer --
 

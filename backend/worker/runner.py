@@ -36,7 +36,7 @@ from backend.scail2.accel.options import pinned_loras
 from .logs import get_logger
 from .results import write_result
 from .schemas import JobSpec
-from .storage import free_bytes, is_storage_full
+from .storage import is_storage_full
 from .store import MAX_STORAGE_RETRIES, JobRecord, JobStore
 from .thumbnails import input_preview, write_input_thumbnails, write_quietly, write_window_thumbnails
 from .uploads import UploadLimits, build_request, resolve_mask_sources
@@ -47,6 +47,7 @@ log = get_logger("scail.worker.runner")
 PROGRESS_WRITE_INTERVAL_S = 0.25
 STORE_RETRY_S = 2.0  # how often a state the store refused (full disk, I/O error) is tried again
 ROOM_CHECK_S = 5.0  # how often a runner waiting for disk space looks again
+DISK_WAIT = "waiting for disk space"  # how a pause for disk space starts (``paused``, /v1/health)
 
 
 class WorkerShutdown(Exception):
@@ -133,7 +134,80 @@ def _fraction(window: int | None, num_windows: int | None, step: int | None, num
     return ((window - 1) + within) / num_windows
 
 
-class JobRunner:
+class StorageGuard:
+    """What every ``JobExecutor`` of a job store does about a disk that fills up or a store that refuses writes;
+    shared by the single-machine ``JobRunner`` and the gateway's ``RayDispatcher``, which persist windows and
+    results into the same kind of store.
+
+    ``paused`` says why no job starts now (for ``/v1/health``); ``_room_to_start`` clears it once the disk under
+    --data has --min-free-mb free again. ``_persist`` retries a store write until the store takes it, so a job is
+    never left ``running`` behind the executor's back. ``_return_for_disk`` puts a job a full disk stopped back in
+    the queue (phase ``waiting_for_disk``, its finished windows kept), or fails it after ``MAX_STORAGE_RETRIES``.
+    Subclasses set ``store``, ``paused``, ``_stop`` and ``job_finished``.
+    """
+
+    store: JobStore
+    paused: str | None
+    _stop: threading.Event
+    job_finished: threading.Event
+
+    def _room_to_start(self) -> str | None:
+        """None while the disk under --data has at least --min-free-mb free (a pause for disk space ends); else
+        why no job may start."""
+        short = self.store.shortage()
+        if short is None:
+            if self.paused is not None and self.paused.startswith(DISK_WAIT):
+                log.info("the runner resumes", extra={"was_paused": self.paused})
+                self.paused = None
+            return None
+        return f"{DISK_WAIT}: under --data {short}; no job starts until there is room"
+
+    def _pause(self, reason: str, seconds: float = STORE_RETRY_S) -> None:
+        if reason != self.paused:
+            log.warning("the runner is paused", extra={"reason": reason})
+        self.paused = reason
+        self._stop.wait(seconds)
+
+    def _persist(self, job_id: str, what: str, commit: Any) -> bool:
+        """Run ``commit`` (a store write for ``job_id``) until the store takes it; False when the worker stops
+        first (the job is then still 'running' in the store, and the next start requeues it)."""
+        while True:
+            try:
+                commit()
+            except Exception as exc:  # noqa: BLE001 - any refusal: retry, so the job is never left behind
+                if self._stop.is_set():
+                    log.warning("could not record a job's state before stopping; the next start requeues it",
+                                extra={"job": job_id, "state": what, "error": f"{type(exc).__name__}: {exc}"})
+                    return False
+                self._pause(f"cannot record job {job_id} as {what} ({type(exc).__name__}: {exc}); retrying")
+                continue
+            if self.paused is not None and self.paused.startswith(f"cannot record job {job_id}"):
+                self.paused = None
+            return True
+
+    def _return_for_disk(self, job: JobRecord, exc: BaseException) -> None:
+        """Requeue a job the full disk stopped (or fail it after ``MAX_STORAGE_RETRIES`` requeues)."""
+        job_dir = self.store.job_dir(job.id)
+        # What the failed attempt half wrote only takes space; finished windows stay for the resume.
+        shutil.rmtree(job_dir / "result.staging", ignore_errors=True)
+        for stray in (job_dir / "windows").glob("*.tmp"):
+            stray.unlink(missing_ok=True)
+        message = f"{type(exc).__name__}: {exc}"
+        if job.storage_retries >= MAX_STORAGE_RETRIES:
+            error = {"type": "disk_full", "field": None,
+                     "message": f"the worker's disk filled up {job.storage_retries + 1} times while this job ran "
+                     f"(last: {message}); it needs more free space under --data than there is"}
+            self._persist(job.id, "failed", lambda: self.store.finish(job.id, "failed", error=error))
+            log.warning("job failed: the disk keeps filling up", extra={"job": job.id, "error": error})
+            self.job_finished.set()
+            return
+        self._persist(job.id, "waiting for disk space",
+                      lambda: self.store.requeue(job.id, phase="waiting_for_disk", storage_failure=True))
+        log.warning("job interrupted by a full disk; requeued to resume when there is room",
+                    extra={"job": job.id, "error": message, "storage_retries": job.storage_retries + 1})
+
+
+class JobRunner(StorageGuard):
     """Owns the pipeline; runs one job at a time on its own thread (the single-machine ``JobExecutor``)."""
 
     def __init__(self, store: JobStore, pipeline: Any, limits: UploadLimits, device: str, masks: Any = None):
@@ -189,13 +263,18 @@ class JobRunner:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if not self._room_to_run():
+            waiting = self._room_to_start()
+            if waiting is not None:
+                self._pause(waiting, ROOM_CHECK_S)
                 continue
             try:
                 job = self.store.claim_next()
             except Exception as exc:  # noqa: BLE001 - the store refuses writes: wait, never end the loop
                 self._pause(f"the job store refuses writes ({type(exc).__name__}: {exc})")
                 continue
+            if self.paused is not None:  # the store took a write and there is room: nothing holds jobs back
+                log.info("the runner resumes", extra={"was_paused": self.paused})
+                self.paused = None
             if job is None:
                 self._wake.wait(1.0)
                 self._wake.clear()
@@ -210,62 +289,6 @@ class JobRunner:
             finally:
                 with self._lock:
                     self._current = None
-
-    def _room_to_run(self) -> bool:
-        """False (after a pause) while the disk under --data has less free space than --min-free-mb."""
-        if self.store.has_room():
-            if self.paused is not None:
-                log.info("the runner resumes", extra={"was_paused": self.paused})
-            self.paused = None
-            return True
-        free = free_bytes(self.store.data_dir)
-        self._pause(f"waiting for disk space: {free / 2**20:.0f} MiB free under --data, the worker needs "
-                    f"{self.store.min_free_bytes / 2**20:.0f} MiB (--min-free-mb) to start a job", ROOM_CHECK_S)
-        return False
-
-    def _pause(self, reason: str, seconds: float = STORE_RETRY_S) -> None:
-        if reason != self.paused:
-            log.warning("the runner is paused", extra={"reason": reason})
-        self.paused = reason
-        self._stop.wait(seconds)
-
-    def _persist(self, job_id: str, what: str, commit: Any) -> bool:
-        """Run ``commit`` (a store write for ``job_id``) until the store takes it; False when the worker stops
-        first (the job is then still 'running' in the store, and the next start requeues it)."""
-        while True:
-            try:
-                commit()
-            except Exception as exc:  # noqa: BLE001 - any refusal: retry, so the job is never left behind
-                if self._stop.is_set():
-                    log.warning("could not record a job's state before stopping; the next start requeues it",
-                                extra={"job": job_id, "state": what, "error": f"{type(exc).__name__}: {exc}"})
-                    return False
-                self._pause(f"cannot record job {job_id} as {what} ({type(exc).__name__}: {exc}); retrying")
-                continue
-            if self.paused is not None and self.paused.startswith(f"cannot record job {job_id}"):
-                self.paused = None
-            return True
-
-    def _interrupted_by_full_disk(self, job: JobRecord, exc: BaseException) -> None:
-        """Requeue a job the full disk stopped (or fail it after ``MAX_STORAGE_RETRIES`` requeues)."""
-        job_dir = self.store.job_dir(job.id)
-        # What the failed attempt half wrote only takes space; finished windows stay for the resume.
-        shutil.rmtree(job_dir / "result.staging", ignore_errors=True)
-        for stray in (job_dir / "windows").glob("*.tmp"):
-            stray.unlink(missing_ok=True)
-        message = f"{type(exc).__name__}: {exc}"
-        if job.storage_retries >= MAX_STORAGE_RETRIES:
-            error = {"type": "disk_full", "field": None,
-                     "message": f"the worker's disk filled up {job.storage_retries + 1} times while this job ran "
-                     f"(last: {message}); it needs more free space under --data than there is"}
-            self._persist(job.id, "failed", lambda: self.store.finish(job.id, "failed", error=error))
-            log.warning("job failed: the disk keeps filling up", extra={"job": job.id, "error": error})
-            self.job_finished.set()
-            return
-        self._persist(job.id, "waiting for disk space",
-                      lambda: self.store.requeue(job.id, phase="waiting_for_disk", storage_failure=True))
-        log.warning("job interrupted by a full disk; requeued to resume when there is room",
-                    extra={"job": job.id, "error": message, "storage_retries": job.storage_retries + 1})
 
     def _should_cancel(self) -> bool:
         if self._stop.is_set():
@@ -335,7 +358,7 @@ class JobRunner:
             return
         except Exception as exc:  # noqa: BLE001 - e.g. writing the result failed: the job fails, not the worker
             if is_storage_full(exc):
-                self._interrupted_by_full_disk(job, exc)
+                self._return_for_disk(job, exc)
                 return
             execution = replace(execution or Execution("failed"), status="failed", error=describe_failure(exc),
                                 result=None)

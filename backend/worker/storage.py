@@ -9,6 +9,7 @@ is room again (see ``runner``). Both need to recognise it wherever it surfaces: 
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -18,6 +19,9 @@ from .errors import ApiError
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 NO_SPACE_TEXTS = ("no space left on device", "database or disk is full", "disk quota exceeded")
 RETRY_AFTER_S = 60
+# A disk is also full when it can hold no more files (inodes): ENOSPC comes from creating one. A job creates a few
+# dozen (its inputs, each window, the previews, the result), so below this many free the store has no room.
+MIN_FREE_FILES = 256
 
 
 def is_storage_full(exc: BaseException | None) -> bool:
@@ -38,6 +42,25 @@ def is_storage_full(exc: BaseException | None) -> bool:
 def free_bytes(path: Path) -> int:
     """Free bytes on the file system holding ``path`` (what an unprivileged process may still write)."""
     return shutil.disk_usage(path).free
+
+
+def free_files(path: Path) -> int | None:
+    """Files that may still be created on the file system holding ``path``; None where it has no fixed number
+    (btrfs, some network file systems report none)."""
+    stats = os.statvfs(path)
+    return stats.f_favail if stats.f_files else None
+
+
+def shortage(path: Path, min_free_bytes: int) -> str | None:
+    """What the disk holding ``path`` is short of, e.g. "2 MiB are free (it keeps 4 MiB free, --min-free-mb)", or
+    None when it has at least ``min_free_bytes`` and ``MIN_FREE_FILES`` files free."""
+    free = free_bytes(path)
+    if free < min_free_bytes:
+        return f"{free / 2**20:.0f} MiB are free (it keeps {min_free_bytes / 2**20:.0f} MiB free, --min-free-mb)"
+    files = free_files(path)
+    if files is not None and files < MIN_FREE_FILES:
+        return f"{files} more files fit on the disk (inodes; it keeps {MIN_FREE_FILES} free)"
+    return None
 
 
 class InsufficientStorage(ApiError):

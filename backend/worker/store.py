@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .logs import get_logger
-from .storage import free_bytes
+from .storage import shortage
 
 log = get_logger("scail.worker.store")
 
@@ -170,8 +170,8 @@ class JobStore:
     def __init__(self, data_dir: str | os.PathLike[str], min_free_bytes: int = 0):
         """Open (or create) the store; raises ``StoreDamaged`` instead of opening a database it cannot trust.
 
-        ``min_free_bytes``: below this much free disk space the store has no room (``has_room``): submissions are
-        refused with 507 and the runner starts no job.
+        ``min_free_bytes``: below this much free disk space (or below ``storage.MIN_FREE_FILES`` free inodes) the
+        store has no room (``has_room``): submissions are refused with 507 and the runner starts no job.
         """
         self.data_dir = Path(data_dir).resolve()
         self.jobs_dir = self.data_dir / "jobs"
@@ -305,8 +305,12 @@ class JobStore:
         return self.jobs_dir / job_id
 
     def has_room(self) -> bool:
-        """Whether the disk under ``--data`` has at least ``min_free_bytes`` free."""
-        return free_bytes(self.data_dir) >= self.min_free_bytes
+        """Whether the disk under ``--data`` has at least ``min_free_bytes`` (and a few hundred files) free."""
+        return self.shortage() is None
+
+    def shortage(self) -> str | None:
+        """What the disk under ``--data`` is short of for a new job (``storage.shortage``), or None."""
+        return shortage(self.data_dir, self.min_free_bytes)
 
     def new_staging_dir(self) -> Path:
         path = self.staging_root / uuid.uuid4().hex

@@ -22,7 +22,7 @@ from PIL import Image
 from backend.launcher import LocalWorker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "worker"))
-from worker_helpers import wait_until  # noqa: E402  (re-exported for the cluster tests)
+from worker_helpers import fill_disk, fill_files, small_tmpfs, wait_until  # noqa: E402, F401  (re-exported for the cluster tests)
 
 GPU = "gpu_stub"
 OBJECT_STORE_BYTES = 80 * 2**20
@@ -70,8 +70,9 @@ def write_media(folder: Path) -> Media:
 class Gateway:
     """``scail-worker serve --ray`` started by the real launcher, spoken to with plain ``requests`` (no retries)."""
 
-    def __init__(self, checkpoint: Path, data: Path, address: str, *extra: str):
-        self.worker = LocalWorker(sys.executable, checkpoint, data, device="cpu", log_path=data.parent / "gateway.log",
+    def __init__(self, checkpoint: Path, data: Path, address: str, *extra: str, log_path: Path | None = None):
+        self.worker = LocalWorker(sys.executable, checkpoint, data, device="cpu",
+                                  log_path=log_path or data.parent / "gateway.log",
                                   extra_args=["--ray", address, "--gpu-resource", GPU, *extra], ready_timeout=180)
         self.session = requests.Session()
 

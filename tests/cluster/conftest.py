@@ -8,6 +8,8 @@ minute.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -49,9 +51,18 @@ class RayTestCluster:
         self.cluster.remove_node(node, allow_graceful=False)
         self.gpu_nodes.remove(node)
 
-    def start_gateway(self) -> Gateway:
-        self.gateway = Gateway(self.checkpoint, self.folder / "data", self.address).start()
+    def start_gateway(self, data: Path | None = None, *extra: str, log_path: Path | None = None) -> Gateway:
+        """Start a gateway on this cluster (by default on the module's --data); it adopts the engines a gateway
+        killed before it left."""
+        self.gateway = Gateway(self.checkpoint, data or self.folder / "data", self.address, *extra,
+                               log_path=log_path).start()
         return self.gateway
+
+    def crash_gateway(self) -> None:
+        """``kill -9`` the gateway: its jobs stay 'running' in its store, its engines stay loaded."""
+        os.kill(self.gateway.worker.pid, signal.SIGKILL)
+        self.gateway.worker.process.wait(10)
+        self.gateway.stop()
 
     def shutdown(self) -> None:
         if self.gateway is not None:

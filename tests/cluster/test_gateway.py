@@ -1,4 +1,5 @@
-"""The gateway on a real multi-node Ray cluster: fair dispatch, cancel, node loss, new nodes, gateway crash.
+"""The gateway on a real multi-node Ray cluster: fair dispatch, cancel, node loss, new nodes, gateway crash, a full
+disk at the gateway.
 
 Every request is raw HTTP to the gateway process; the engines are real Ray actors running the tiny checkpoint on
 stub-GPU nodes. The tests share one cluster and gateway (conftest.py) and run in file order.
@@ -7,11 +8,25 @@ stub-GPU nodes. The tests share one cluster and gateway (conftest.py) and run in
 from __future__ import annotations
 
 import os
-import signal
+import shutil
+import time
 from collections import Counter
 
 import pytest
-from cluster_helpers import LONG_SPEC, SHORT_SPEC, THREE_WINDOWS, wait_until
+from cluster_helpers import (
+    LONG_SPEC,
+    SHORT_SPEC,
+    THREE_WINDOWS,
+    fill_disk,
+    fill_files,
+    small_tmpfs,
+    wait_until,
+)
+
+from backend.worker.thumbnails import window_thumbnails
+
+# THREE_WINDOWS' windows as the result holds them: 13 frames, then 8 new ones after 5 of history, twice.
+WINDOW_FRAMES = [(0, 13), (13, 8), (21, 8)]
 
 
 def _engine_of(gateway, job_id: str) -> dict:
@@ -20,6 +35,13 @@ def _engine_of(gateway, job_id: str) -> dict:
 
 def _idle_engines(gateway) -> int:
     return gateway.health()["cluster"]["engines_idle"]
+
+
+def _window_previews(gateway, job_id: str) -> list[tuple[int, int, int]]:
+    """(window, first frame, frames) of every output window preview the web page shows for the job."""
+    job_dir = gateway.worker.data_dir / "jobs" / job_id
+    return [(window.index, window.first_frame, window.frames) for window in window_thumbnails(job_dir)
+            if window.thumbs and all((job_dir / "thumbs" / thumb.name).is_file() for thumb in window.thumbs)]
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +141,8 @@ def test_a_node_killed_mid_job_loses_nothing_and_a_new_node_takes_waiting_jobs(c
     assert final["attempts"] == 2 and final["timings"]["resumed_windows"] >= 1, final
     assert final["timings"]["node_id"] != killed
     assert gateway.frames(victim) == uninterrupted, "resumed frames equal an uninterrupted run, each once"
+    # The web page previews every window, those of the lost node's attempt and those of the new one.
+    assert _window_previews(gateway, victim) == [(index, *frames) for index, frames in enumerate(WINDOW_FRAMES)]
     for job in waiting:
         assert gateway.wait(job, timeout=300)["status"] == "succeeded"
     assert gateway.status(blocker)["status"] == "canceled"
@@ -133,9 +157,7 @@ def test_a_gateway_killed_with_kill_9_and_restarted_finishes_every_job(cluster, 
     long_job = gateway.submit(THREE_WINDOWS, media, "anna")
     short = [gateway.submit({**SHORT_SPEC, "seed": seed}, media, "ben") for seed in (31, 32, 33)]
     wait_until(lambda: gateway.status(long_job)["windows_done"] >= 1, timeout=300, interval=0.05)
-    os.kill(gateway.worker.pid, signal.SIGKILL)
-    gateway.worker.process.wait(10)
-    gateway.stop()
+    cluster.crash_gateway()
 
     restarted = cluster.start_gateway()
     final = restarted.wait(long_job, timeout=600)
@@ -150,3 +172,64 @@ def test_a_gateway_killed_with_kill_9_and_restarted_finishes_every_job(cluster, 
     assert len({event["engine"] for event in adopted}) >= 2
     placed_after_restart = [event for event in restarted.log_events("engine placed") if event["ts"] > adopted[0]["ts"]]
     assert placed_after_restart == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 48 MiB tmpfs of at most 2048 files for a gateway's --data (mounted by the test; needs root)."""
+    with small_tmpfs(tmp_path / "disk", files=2048) as mount_point:
+        yield mount_point
+
+
+def _waiting_for_disk(gateway, job: str) -> dict:
+    """The job back in the queue after a full disk, once the gateway has paused dispatch for it."""
+    status = wait_until(lambda: (status := gateway.status(job))["status"] == "queued" and status, timeout=120)
+    assert status["detail"]["phase"] == "waiting_for_disk", status
+    storage = wait_until(lambda: ((storage := gateway.health()["storage"])["runner_paused"] or "").startswith(
+        "waiting for disk space") and storage, timeout=30)
+    assert storage["accepting_jobs"] is False, storage
+    return status
+
+
+def test_a_full_disk_at_the_gateway_requeues_the_job_and_resumes_when_there_is_room(cluster, media, uninterrupted,
+                                                                                   small_disk, tmp_path):
+    # A gateway whose --data is on a small disk takes over the engines (the crashed one's are adopted, still loaded).
+    wait_until(lambda: _idle_engines(cluster.gateway) == 2, timeout=300, interval=0.5)
+    cluster.crash_gateway()
+    gateway = cluster.start_gateway(small_disk / "data", "--min-free-mb", "4", log_path=tmp_path / "gateway.log")
+    requeued = "job interrupted by a full disk; requeued to resume when there is room"
+    try:
+        job = gateway.submit(THREE_WINDOWS, media, "anna")
+        wait_until(lambda: gateway.status(job)["windows_done"] >= 1, timeout=300, interval=0.05)
+
+        # The disk takes no more files: the next window streamed back from the engine cannot be stored (ENOSPC).
+        files = fill_files(small_disk / "files")
+        status = _waiting_for_disk(gateway, job)
+        assert 1 <= status["windows_done"] < 3, status
+        [event] = gateway.log_events(requeued)
+        assert event["job"] == job and ".safetensors" in event["error"] and "No space left" in event["error"], event
+        time.sleep(3)  # three control steps: dispatch stays paused while the disk is short of room
+        assert gateway.status(job)["status"] == "queued"
+        assert len([event for event in gateway.log_events("job dispatched") if event["job"] == job]) == 1
+
+        # Room again: the job resumes after its stored windows. Then the disk fills up byte by byte: now the store's
+        # own commits fail too (SQLITE_FULL), and the gateway retries until it can record the requeue.
+        shutil.rmtree(files)
+        done = status["windows_done"]
+        wait_until(lambda: gateway.status(job)["windows_done"] > done, timeout=300, interval=0.05)
+        filler = fill_disk(small_disk)
+        wait_until(lambda: gateway.health()["storage"]["runner_paused"], timeout=300, interval=0.2)
+        with open(filler, "r+b") as handle:  # room for the store's own writes, still under --min-free-mb
+            handle.truncate(os.path.getsize(filler) - 2 * 2**20)
+        _waiting_for_disk(gateway, job)
+
+        filler.unlink()
+        final = gateway.wait(job, timeout=600)
+        assert final["status"] == "succeeded" and final["attempts"] == 3, final
+        assert final["timings"]["resumed_windows"] >= 2 and final["result"]["frames"] == 29, final
+        assert gateway.frames(job) == uninterrupted, "frames of an uninterrupted run, each delivered once"
+        assert _window_previews(gateway, job) == [(index, *frames) for index, frames in enumerate(WINDOW_FRAMES)]
+        assert gateway.health()["storage"]["runner_paused"] is None
+        assert [event["job"] for event in gateway.log_events(requeued)] == [job, job]
+    finally:
+        gateway.stop()  # before the tmpfs under its --data is unmounted

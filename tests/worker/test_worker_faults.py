@@ -8,7 +8,6 @@ every job killed in any phase with the result an uninterrupted run gives.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from raw_http import error_lines, multipart, request
-from worker_helpers import SHORT_SPEC, start_worker, wait_until
+from worker_helpers import SHORT_SPEC, fill_disk, small_tmpfs, start_worker, wait_until
 
 from backend.worker.store import JobStore
 
@@ -163,33 +162,8 @@ def test_lost_database_refused_then_restored_and_orphans_quarantined(finished_st
 @pytest.fixture
 def small_disk(tmp_path):
     """A 48 MiB tmpfs for the worker's --data (mounted by the test; needs root and mount permission)."""
-    if os.geteuid() != 0:
-        pytest.skip("the disk-full test mounts a tmpfs, which needs root")
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); the disk-full test needs one")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def fill_disk(folder: Path) -> Path:
-    """Write zeros into ``folder/filler`` until the file system says ENOSPC."""
-    filler = folder / "filler"
-    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        for block in (1 << 20, 4096, 1):
-            while True:
-                try:
-                    os.write(descriptor, b"\0" * block)
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC
-                    break
-    finally:
-        os.close(descriptor)
-    return filler
+    with small_tmpfs(tmp_path / "disk") as mount_point:
+        yield mount_point
 
 
 # 29 driving frames in windows of 13 (8 new frames each after 5 of history): three windows, each busy for a while.

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from backend.launcher import LocalWorker
@@ -66,6 +72,53 @@ def start_worker(checkpoint: Path, data_dir: Path, log_path: Path, *extra: str) 
     return worker.start()
 
 
+
+
+@contextmanager
+def small_tmpfs(mount_point: Path, size_mb: int = 48, files: int | None = None) -> Iterator[Path]:
+    """A tmpfs of ``size_mb`` (holding at most ``files`` files, if given) at ``mount_point``, for a disk that can
+    really fill up; skips the test where it cannot be mounted (it needs root and mount permission)."""
+    if os.geteuid() != 0:
+        pytest.skip("the disk-full test mounts a tmpfs, which needs root")
+    mount_point.mkdir(parents=True, exist_ok=True)
+    options = f"size={size_mb}m" + (f",nr_inodes={files}" if files else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); the disk-full test needs one")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Write zeros into ``folder/filler`` until the file system says ENOSPC."""
+    filler = folder / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for block in (1 << 20, 4096, 1):
+            while True:
+                try:
+                    os.write(descriptor, b"\0" * block)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+                    break
+    finally:
+        os.close(descriptor)
+    return filler
+
+
+def fill_files(folder: Path) -> Path:
+    """Create empty files in ``folder`` until the file system can hold no more (ENOSPC: out of inodes)."""
+    folder.mkdir()
+    for index in range(10**7):
+        try:
+            (folder / str(index)).touch()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+            return folder
+    raise AssertionError(f"{folder}: the file system takes files without end")
 
 
 def sha256(path: Path) -> str:

@@ -14,7 +14,9 @@ Each running job has a thread that sends the engine the job's uploads and alread
 the engine's stream: progress goes to the store, every window is saved and committed the moment it arrives,
 and the final ``JobOutcome`` decides the status. The result is assembled from the stored windows, so a job that
 moved between engines is delivered from the windows each one finished, exactly once. An engine or node lost
-mid-job puts the job back in the queue (its windows stay); the next engine resumes after them.
+mid-job puts the job back in the queue (its windows stay); the next engine resumes after them. A full disk at the
+gateway is handled as the single-machine runner handles it (``runner.StorageGuard``): the job goes back to the
+queue to wait for room, and no job is dispatched while the disk under --data is short of --min-free-mb.
 
 A gateway killed mid-job leaves its jobs ``running`` in the store (``recover`` requeues them at the next start)
 and its engines alive: the next gateway adopts the engines with its own configuration, interrupts whatever they
@@ -41,6 +43,7 @@ from ..logs import get_logger
 from ..runner import (
     Execution,
     ProgressTracker,
+    StorageGuard,
     WindowSink,
     describe_failure,
     finish_job,
@@ -48,6 +51,7 @@ from ..runner import (
     write_result,
 )
 from ..schemas import ClusterInfo, ClusterNode, ClusterQueue, EngineInfo
+from ..storage import is_storage_full
 from ..store import MAX_ATTEMPTS, JobRecord, JobStore, QueuedJob
 from ..thumbnails import InputPreview, write_input_thumbnails, write_quietly
 from ..uploads import UploadLimits
@@ -123,7 +127,7 @@ class EngineLost(Exception):
     """The engine running a job (or its node) is gone."""
 
 
-class RayDispatcher:
+class RayDispatcher(StorageGuard):
     """Runs the store's jobs on engine actors of a Ray cluster (see the module docstring)."""
 
     def __init__(self, store: JobStore, settings: DispatcherSettings, ray: Any):
@@ -150,7 +154,8 @@ class RayDispatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.job_finished = threading.Event()
-        self.paused: str | None = None  # the gateway does not pause; its engines report their own trouble
+        # Why no job is dispatched now (the gateway's disk is full), or None; engines report their own trouble.
+        self.paused: str | None = None
         self._control = threading.Thread(target=self._control_loop, name="scail-ray-control", daemon=True)
         store.queue_order = self._queue_position  # status and the web page show the order jobs will start in
 
@@ -480,6 +485,10 @@ class RayDispatcher:
         self._unplaceable = sum(not any(self._can_run(profile, job) for profile in profiles) for job in queued)
         live = {job.id for job in queued}
         self._needs = {job_id: needs for job_id, needs in self._needs.items() if job_id in live}
+        waiting = self._room_to_start()
+        if waiting is not None:  # the gateway could not store the jobs' windows: none starts until there is room
+            self._pause(waiting, 0)
+            idle = []
         for engine in sorted(idle, key=lambda engine: engine.name):
             while queued:
                 choice = self._fair.pick(queued, running, lambda job, engine=engine: self._can_run(engine.profile,
@@ -558,6 +567,7 @@ class RayDispatcher:
         job_dir = self.store.job_dir(job.id)
         outcome: JobOutcome | None = None
         lost: str | None = None
+        disk_full: BaseException | None = None
         received = False
         transfers: list[tuple[int, float]] = []
         resumed = 0
@@ -595,11 +605,18 @@ class RayDispatcher:
                                             "message": f"the engine failed: {_task_error_message(exc)}"})
         except (ray.exceptions.RayError, EngineLost) as exc:
             lost = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        except Exception as exc:  # noqa: BLE001 - the gateway's side failed (e.g. its disk): the job fails
-            engine.handle.cancel.remote(job.id)
-            outcome = JobOutcome("failed", describe_failure(exc))
+        except Exception as exc:  # noqa: BLE001 - the gateway's side failed
+            if is_storage_full(exc):  # its disk: the job waits in the queue for room, as on a single machine
+                engine.handle.interrupt.remote()
+                disk_full = exc
+            else:
+                engine.handle.cancel.remote(job.id)
+                outcome = JobOutcome("failed", describe_failure(exc))
         try:
-            if lost is not None or (outcome is not None and outcome.status == "interrupted"):
+            if disk_full is not None:
+                tracker.finish()
+                self._return_for_disk(job, disk_full)
+            elif lost is not None or (outcome is not None and outcome.status == "interrupted"):
                 tracker.finish()
                 self._return_to_queue(job, engine, lost, attempt_used=received)
             else:
@@ -625,7 +642,11 @@ class RayDispatcher:
                     raise RuntimeError(f"the engine made {outcome.frames} frames but the gateway holds "
                                        f"{frames.shape[0]} in {len(windows)} windows")
                 manifest = write_result(frames, float(outcome.fps), self.store.job_dir(job.id))
-            except Exception as exc:  # noqa: BLE001 - e.g. the gateway's disk is full
+            except Exception as exc:  # noqa: BLE001 - the job fails, unless the gateway's disk is full
+                if is_storage_full(exc):
+                    tracker.finish()
+                    self._return_for_disk(job, exc)
+                    return
                 status, error = "failed", describe_failure(exc)
         tracker.finish()
         with self._lock:
@@ -638,22 +659,23 @@ class RayDispatcher:
                 "ms_max": round(1000 * max(seconds for _, seconds in transfers), 2)}
         execution = Execution(status, error=error, summary=outcome.summary, resumed_windows=resumed,
                               timings=outcome.timings)
-        finish_job(self.store, job, execution, manifest, tracker, started, extra)
+        self._persist(job.id, status, lambda: finish_job(self.store, job, execution, manifest, tracker, started,
+                                                         extra))
         self.job_finished.set()
 
     def _return_to_queue(self, job: JobRecord, engine: _Engine, lost: str | None, attempt_used: bool) -> None:
         """The run ended without an outcome of its own: back to the queue, resuming after its stored windows."""
         if self.store.is_cancel_requested(job.id):
-            self.store.finish(job.id, "canceled")
+            self._persist(job.id, "canceled", lambda: self.store.finish(job.id, "canceled"))
             self.job_finished.set()
         elif lost is not None and attempt_used and job.attempts >= MAX_ATTEMPTS:
-            self.store.finish(job.id, "failed", error={
-                "type": "crashed", "field": None,
-                "message": f"the engine running this job was lost {MAX_ATTEMPTS} times (node gone or out of "
-                f"memory); last: {lost}"})
+            error = {"type": "crashed", "field": None,
+                     "message": f"the engine running this job was lost {MAX_ATTEMPTS} times (node gone or out of "
+                     f"memory); last: {lost}"}
+            self._persist(job.id, "failed", lambda: self.store.finish(job.id, "failed", error=error))
             self.job_finished.set()
         else:
-            self.store.requeue(job.id, count_attempt=attempt_used)
+            self._persist(job.id, "queued", lambda: self.store.requeue(job.id, count_attempt=attempt_used))
         log.warning("job returned to the queue" if lost else "job interrupted; requeued",
                     extra={"job": job.id, "engine": engine.name, "node": engine.node_id, "reason": lost,
                            "windows_done": len(self.store.finished_windows(job.id))})

@@ -164,9 +164,7 @@ class EngineActor:
                 events.put(event)
 
             def on_window(window: Any) -> None:
-                nbytes = int(window.frames.nbytes) + sum(int(t.numel() * t.element_size())
-                                                         for t in window.history.values())
-                events.put(WindowDone(window, time.time(), nbytes))
+                events.put(WindowDone.of(window))
 
             job_spec = JobSpec.model_validate(spec)
             first_frame = job_spec.frame_range[0] if job_spec.frame_range else 0

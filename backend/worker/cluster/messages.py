@@ -7,6 +7,7 @@ exactly one ``JobOutcome`` last.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,12 @@ class WindowDone:
     window: Any
     sent_at: float  # time.time() on the node when the engine's on_window fired
     nbytes: int  # frames plus history tensors: what crosses the network
+
+    @classmethod
+    def of(cls, window: Any) -> WindowDone:
+        """A window as it leaves the engine, stamped now and sized."""
+        nbytes = int(window.frames.nbytes) + sum(int(t.numel() * t.element_size()) for t in window.history.values())
+        return cls(window, time.time(), nbytes)
 
 
 @dataclass(frozen=True)
