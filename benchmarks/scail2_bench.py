@@ -14,6 +14,8 @@ is printed at the end.
     python benchmarks/scail2_bench.py --window 512x896 --low-vram --memory-cap-gib 23.5 --out ...
     # the same code at tiny size on the CPU (what the tests and development use)
     python benchmarks/scail2_bench.py --tiny --device cpu --forward 64x96 --window 64x96 --fp8 --out /tmp/b.json
+    # prepare_inputs alone (no model is built): 81-frame windows on the CPU and on --device when it is a GPU
+    python benchmarks/scail2_bench.py --prepare-inputs 512x896,704x1280 --out benchmarks/results/prepare.json
 
 Run from the repository root.
 """
@@ -251,14 +253,17 @@ def time_forward(model, inputs, device, repeats: int) -> dict[str, Any]:
             **peak(device), "_output": output.float().cpu()}
 
 
-def window_request(height: int, width: int, seed: int) -> GenerationRequest:
+def window_request(height: int, width: int, seed: int, source: tuple[int, int] | None = None) -> GenerationRequest:
+    """A fast-preset request for one 81-frame window at ``height x width``; the media are RGBA at that size, or at
+    ``source`` (height, width), e.g. 1080x1920, which ``prepare_inputs`` then resizes and crops."""
     rng = np.random.default_rng(seed)
+    src_h, src_w = source or (height, width)
     # RGBA media: the alpha channels give the reference and driving masks (an opaque centred figure).
-    reference = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
-    driving = rng.integers(0, 256, (FRAMES, height, width, 4), dtype=np.uint8)
+    reference = rng.integers(0, 256, (src_h, src_w, 4), dtype=np.uint8)
+    driving = rng.integers(0, 256, (FRAMES, src_h, src_w, 4), dtype=np.uint8)
     for image in (reference[None], driving):
         image[..., 3] = 0
-        image[:, height // 8 : height - height // 8, width // 4 : width - width // 4, 3] = 255
+        image[:, src_h // 8 : src_h - src_h // 8, src_w // 4 : src_w - src_w // 4, 3] = 255
     return GenerationRequest(
         reference=reference,
         driving=VideoClip(frames=driving, fps=16.0),
@@ -298,6 +303,71 @@ def time_window(pipe: Scail2Pipeline, request: GenerationRequest, device: torch.
     }
 
 
+def time_prepare_inputs(request: GenerationRequest, device: torch.device, repeats: int,
+                        reference: Any = None) -> dict[str, Any]:
+    """``prepare_inputs`` of one request on ``device`` (synchronised): median of ``repeats`` runs after one warm-up
+    run, the host-side validation alone, and how far the output is from ``reference`` (the CPU's output)."""
+    from backend.scail2.conditioning.request import prepare_inputs, validate_request
+
+    def run() -> tuple[float, Any]:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        begin = time.perf_counter()
+        prepared = prepare_inputs(request, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - begin, prepared
+
+    reset_peak(device)
+    warmup_s, prepared = run()
+    times = [run()[0] for _ in range(repeats)]
+    begin = time.perf_counter()
+    validate_request(request)
+    validate_s = time.perf_counter() - begin
+    result = {"seconds": round(statistics.median(times) if times else warmup_s, 4),
+              "times": [round(t, 4) for t in times], "warmup_s": round(warmup_s, 3),
+              "validate_s": round(validate_s, 4), **peak(device), "_output": None, "_prepared": prepared}
+    if reference is not None:
+        worst, differing, total = 0, 0, 0
+        for name in ("reference", "reference_mask", "driving", "driving_mask"):
+            difference = (getattr(prepared, name).cpu().int() - getattr(reference, name).int()).abs()
+            worst = max(worst, int(difference.max()))
+            differing += int((difference > 0).sum())
+            total += difference.numel()
+        result.update(max_abs_diff_vs_cpu=worst, fraction_differing_vs_cpu=differing / total)
+    return result
+
+
+def prepare_inputs_cases(recorder: Recorder, sizes, sources: list[str], device: torch.device, repeats: int,
+                         cpu_repeats: int, label: str) -> None:
+    """``--prepare-inputs``: each size x source on the CPU, then on ``device`` when it is a GPU."""
+    devices = [torch.device("cpu")] + ([device] if device.type != "cpu" else [])
+    for height, width, count in sizes:
+        for source in sources:
+            source_hw = None if source == "same" else tuple(int(x) for x in source.split("x"))
+            request = window_request(height, width, seed=7, source=source_hw)
+            src_h, src_w = source_hw or (height, width)
+            reference = None
+            for where in devices:
+                case = {"kind": "prepare_inputs", "height": height, "width": width, "frames": FRAMES,
+                        "source": f"{src_h}x{src_w} RGBA", "device": where.type, "label": label,
+                        "torch_threads": torch.get_num_threads()}
+                runs = (cpu_repeats if where.type == "cpu" else repeats) if count is None else count
+                try:
+                    result = time_prepare_inputs(request, where, runs, reference)
+                except Exception as error:  # record and go on
+                    traceback.print_exc()
+                    recorder.add({**case, "error": f"{type(error).__name__}: {error}"[:2000]})
+                    continue
+                result.pop("_output")
+                prepared = result.pop("_prepared")
+                if where.type == "cpu":
+                    reference = prepared
+                recorder.add({**case, **result})
+                del prepared
+            del request, reference
+
+
 def time_stages(pipe: Scail2Pipeline, request: GenerationRequest, device: torch.device) -> dict[str, Any]:
     """Each non-DiT stage of a window on its own, synchronised: where the time outside the forwards goes."""
     from backend.scail2.conditioning.masks import halve_bilinear
@@ -314,17 +384,17 @@ def time_stages(pipe: Scail2Pipeline, request: GenerationRequest, device: torch.
         return round(time.perf_counter() - begin, 3), result
 
     stages: dict[str, float] = {}
-    stages["prepare_inputs_cpu"], prepared = timed(lambda: prepare_inputs(request))
+    stages["prepare_inputs_device"], prepared = timed(lambda: prepare_inputs(request, device))
     encoder = pipe.text_encoder
     if pipe.offload_encoders:
         stages["t5_load"], _ = timed(lambda: pipe._encoder_on_device(encoder))
     stages["t5_encode"], _ = timed(lambda: encoder.encode([request.prompt]))
-    reference = torch.from_numpy(prepared.reference).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    reference = prepared.reference.permute(2, 0, 1).float().div(127.5).sub(1.0)
     stages["clip_load_encode"], _ = timed(lambda: pipe.encode_image(reference))
     if pipe.offload_encoders:
         stages["encoders_park"], _ = timed(pipe._park_encoders)
     stages["vae_encode_reference"], _ = timed(lambda: pipe.vae.encode(reference[:, None].to(device)))
-    driving = torch.from_numpy(prepared.driving[:FRAMES]).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    driving = prepared.driving[:FRAMES].permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
     pose = halve_bilinear(driving).permute(1, 0, 2, 3)
     stages["vae_encode_driving_half_res"], _ = timed(lambda: pipe.vae.encode(pose.to(device)))
     height, width = prepared.height, prepared.width
@@ -394,15 +464,17 @@ class Recorder:
         with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False, suffix=".tmp") as handle:
             json.dump(self.records, handle, indent=1)
         os.replace(handle.name, self.path)
-        shown = {k: record.get(k) for k in ("kind", "height", "width", "dtype", "mode", "seconds", "peak_gb",
+        shown = {k: record.get(k) for k in ("kind", "height", "width", "dtype", "mode", "device", "source", "seconds",
+                                             "peak_gb", "max_abs_diff_vs_cpu",
                                              "warmup_s", "rel_err_vs_bf16", "what", "backend", "tflops", "error")
                  if record.get(k) is not None}
         print("RECORD", json.dumps(shown), flush=True)
 
 
 def print_table(records: list[dict[str, Any]]) -> None:
-    columns = ("kind", "mode", "height", "width", "dtype", "seconds", "warmup_s", "peak_gb", "rel_err_vs_bf16",
-               "attention_backend_resolved", "cross_attention_backend_resolved")
+    columns = ("kind", "mode", "height", "width", "dtype", "device", "source", "seconds", "warmup_s", "peak_gb",
+               "rel_err_vs_bf16", "max_abs_diff_vs_cpu", "attention_backend_resolved",
+               "cross_attention_backend_resolved")
     print("\n" + " | ".join(columns))
     for record in records:
         print(" | ".join(str(record.get(c, "")) for c in columns))
@@ -444,6 +516,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-cap-gib", type=float, default=23.5, help="allocator cap of the low-VRAM pass")
     parser.add_argument("--low-vram-window", type=sizes, default=None,
                         help="window sizes of the low-VRAM pass (default: --window)")
+    parser.add_argument("--prepare-inputs", type=sizes, default=[],
+                        help="sizes HxW,... to time prepare_inputs of an 81-frame window at, on the CPU and on "
+                             "--device (a GPU); builds no model, runs first")
+    parser.add_argument("--prepare-sources", default="same,1080x1920",
+                        help="media sizes for --prepare-inputs: 'same' (RGBA at the output size, as --window uses) "
+                             "and/or HxW sources that get resized and cropped")
+    parser.add_argument("--prepare-repeats", type=int, default=5, help="timed prepare_inputs runs on the GPU")
+    parser.add_argument("--prepare-cpu-repeats", type=int, default=2, help="timed prepare_inputs runs on the CPU")
     parser.add_argument("--stages", action="store_true", help="also time each non-DiT stage of a window")
     parser.add_argument("--profile", action="store_true", help="profile one forward at the first --forward size")
     parser.add_argument("--low-vram-vae-tiling", default="settings", choices=("settings", "on", "off", "both"))
@@ -484,6 +564,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.attention_probe and device.type == "cuda":
         probe_attention(recorder, device, args.attention_probe, ["cudnn", "torch_flash", "efficient"])
+
+    if args.prepare_inputs:
+        prepare_inputs_cases(recorder, args.prepare_inputs, [x for x in args.prepare_sources.split(",") if x],
+                             device, args.prepare_repeats, args.prepare_cpu_repeats, args.label)
+        if not (args.forward or args.window or args.attention_probe):
+            print_table(recorder.records)
+            return 0
 
     dtype = torch.bfloat16
     begin = time.perf_counter()

@@ -151,18 +151,18 @@ def test_named_sizes_follow_the_reference_orientation():
 
 def test_resize_covers_then_centre_crops():
     # A 40x80 image, left half black, right half white, resized to cover 32x32: the centre crop keeps both halves.
-    image = np.zeros((1, 40, 80, 3), np.uint8)
+    image = torch.zeros((1, 40, 80, 3), dtype=torch.uint8)
     image[:, :, 40:] = 255
     out = resize_cover_crop(image, 32, 32)
-    assert out.shape == (1, 32, 32, 3) and out.dtype == np.uint8
+    assert out.shape == (1, 32, 32, 3) and out.dtype == torch.uint8
     assert out[0, :, 0].max() == 0 and out[0, :, -1].min() == 255
 
 
 def test_rgba_composites_over_the_mode_background():
-    rgba = np.zeros((2, 2, 4), np.uint8)
-    rgba[0, 0] = (10, 20, 30, 255)
+    rgba = torch.zeros((2, 2, 4), dtype=torch.uint8)
+    rgba[0, 0] = torch.tensor((10, 20, 30, 255))
     out = composite_over(rgba, WHITE)
-    assert tuple(out[0, 0]) == (10, 20, 30) and tuple(out[1, 1]) == WHITE
+    assert out[0, 0].tolist() == [10, 20, 30] and tuple(out[1, 1].tolist()) == WHITE
 
 
 def _request(**overrides) -> GenerationRequest:
@@ -179,8 +179,9 @@ def test_prepare_inputs_masks_from_alpha():
     prepared = prepare_inputs(_request())
     assert (prepared.height, prepared.width, prepared.num_frames, prepared.fps) == (64, 96, 5, 24.0)
     assert prepared.driving.shape == (5, 64, 96, 3) and prepared.driving_mask.shape == (5, 64, 96, 3)
-    assert tuple(prepared.reference_mask[0, 0]) == WHITE and tuple(prepared.reference_mask[32, 48]) == PALETTE_RGB[0]
-    assert tuple(prepared.driving_mask[0, 0, 0]) == BLACK and tuple(prepared.driving_mask[0, 32, 48]) == PALETTE_RGB[0]
+    reference_mask, driving_mask = prepared.reference_mask.numpy(), prepared.driving_mask.numpy()
+    assert tuple(reference_mask[0, 0]) == WHITE and tuple(reference_mask[32, 48]) == PALETTE_RGB[0]
+    assert tuple(driving_mask[0, 0, 0]) == BLACK and tuple(driving_mask[0, 32, 48]) == PALETTE_RGB[0]
 
 
 @pytest.mark.parametrize(

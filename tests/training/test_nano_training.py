@@ -46,8 +46,8 @@ def _pipeline_inputs(pipe: Scail2Pipeline, batch, index: int) -> dict[str, torch
     sampling = SamplingSettings(sampler="euler", steps=1, guidance=1.0, shift=3.0, seed=0)
     request = generation_request(batch, index, sampling=sampling, segment_len=FRAMES, segment_overlap=5)
     prepared = prepare_inputs(request)
-    reference = image_to_unit_range(torch.from_numpy(prepared.reference).permute(2, 0, 1))
-    reference_mask = image_to_unit_range(torch.from_numpy(prepared.reference_mask).permute(2, 0, 1))
+    reference = image_to_unit_range(prepared.reference.permute(2, 0, 1))
+    reference_mask = image_to_unit_range(prepared.reference_mask.permute(2, 0, 1))
     conditions = pipe.encode_conditions(request, prepared, reference, reference_mask, sampling)
     windows = pipe.plan_windows(prepared.num_frames, request)
     trace: dict[str, torch.Tensor] = {}

@@ -112,13 +112,17 @@ def compress_reference_mask(mask: torch.Tensor) -> torch.Tensor:
     return compress_mask_to_latent(mask[:, None])
 
 
-def mask_from_alpha(alpha: np.ndarray, mode: Mode, role: MaskRole, colour_index: int = 0) -> np.ndarray:
+def mask_from_alpha(
+    alpha: np.ndarray | torch.Tensor, mode: Mode, role: MaskRole, colour_index: int = 0
+) -> np.ndarray | torch.Tensor:
     """Palette mask from an alpha channel ([..., H, W] uint8): the subject colour where alpha > 127, else the
-    mode's background for this role. Returns [..., H, W, 3] uint8."""
-    subject = np.asarray(PALETTE_RGB[colour_index % len(PALETTE_RGB)], dtype=np.uint8)
-    background = np.asarray(background_colour(mode, role), dtype=np.uint8)
-    inside = np.asarray(alpha) > 127
-    return np.where(inside[..., None], subject, background).astype(np.uint8)
+    mode's background for this role. Returns [..., H, W, 3] uint8: a tensor on the tensor's device for a tensor,
+    a numpy array for anything else."""
+    tensor = alpha if isinstance(alpha, torch.Tensor) else torch.from_numpy(np.array(alpha, copy=True))
+    subject = torch.tensor(PALETTE_RGB[colour_index % len(PALETTE_RGB)], dtype=torch.uint8, device=tensor.device)
+    background = torch.tensor(background_colour(mode, role), dtype=torch.uint8, device=tensor.device)
+    mask = torch.where((tensor > 127)[..., None], subject, background)
+    return mask if isinstance(alpha, torch.Tensor) else mask.numpy()
 
 
 @dataclass(frozen=True)

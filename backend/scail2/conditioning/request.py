@@ -8,6 +8,11 @@ multiples of 32.
 
 RGBA inputs: where no mask is given, alpha becomes the mask (the subject in blue on the mode's background), and
 the picture is composited over that same background colour.
+
+Validation runs on the host (numpy, no pixel arithmetic). The pixel work (compositing, masks from alpha, resize and
+crop) is torch on any device: ``prepare_inputs(request, device)`` uploads each uint8 frame once, in chunks, and
+computes in float32 there. On the CPU it gives exactly the numbers of the earlier float-numpy path; on a GPU its
+kernels may round a pixel differently (at most one level, docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch.nn.functional as F
 
 from ..errors import Scail2InputError
 from ..schedulers.presets import SamplingSettings
-from .masks import BLACK, Mode, background_colour, mask_from_alpha, validate_mask
+from .masks import BLACK, MaskRole, Mode, background_colour, mask_from_alpha, validate_mask
 from .media import VideoClip
 from .segments import padded_windows
 
@@ -34,7 +39,12 @@ MAX_EXTRA_REFERENCES = 7
 # square (the geometric midpoint between 1:1 and 16:9-ish 1.75).
 SIZE_CLASSES = {"512p": (512, 896), "704p": (704, 1280)}
 SQUARE_RATIO = math.sqrt(896 / 512)
-RESIZE_CHUNK = 16  # frames resized at a time, to bound float temporaries for long clips
+# Source frames are composited and resized this many float32 bytes at a time: bounds the temporaries of long
+# clips (about 70 RGBA frames at 512x896, 8 at 4096x4096).
+CHUNK_BYTES = 256 * 2**20
+# The arithmetic dtype. float32, not the model's bf16: bf16 keeps 8 significant bits, so between 128 and 255 it
+# cannot hold the fraction that decides how a pixel rounds (tests/engine_pipeline/test_inputs_device.py).
+COMPUTE_DTYPE = torch.float32
 TailMode = Literal["pad", "drop"]
 
 
@@ -83,16 +93,20 @@ class GenerationRequest:
 
 @dataclass
 class PreparedInputs:
-    """Validated inputs at the target size, all uint8 RGB: what the pipeline turns into tensors."""
+    """Validated inputs at the target size, all uint8 RGB torch tensors (channels last).
+
+    The references live on the device ``prepare_inputs`` worked on; the driving frames and masks there too, or in
+    host memory when they exceed its ``max_device_bytes`` (``FrameSource`` uploads one window at a time then).
+    """
 
     height: int
     width: int
-    reference: np.ndarray  # [H, W, 3]
-    reference_mask: np.ndarray  # [H, W, 3]
-    driving: np.ndarray  # [T, H, W, 3]
-    driving_mask: np.ndarray  # [T, H, W, 3]
-    extra_images: list[np.ndarray]  # each [H, W, 3]
-    extra_masks: list[np.ndarray]  # each [H, W, 3]
+    reference: torch.Tensor  # [H, W, 3]
+    reference_mask: torch.Tensor  # [H, W, 3]
+    driving: torch.Tensor  # [T, H, W, 3]
+    driving_mask: torch.Tensor  # [T, H, W, 3]
+    extra_images: list[torch.Tensor]  # each [H, W, 3]
+    extra_masks: list[torch.Tensor]  # each [H, W, 3]
     fps: float
 
     @property
@@ -133,39 +147,47 @@ def resolve_size(size: tuple[int, int] | str, reference_hw: tuple[int, int]) -> 
     return int(height), int(width)
 
 
-def resize_cover_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """[N, h, w, C] uint8 -> [N, height, width, C] uint8: bicubic resize to cover (aspect kept), centre crop.
+def cover_geometry(src_h: int, src_w: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(new_h, new_w, top, left): the size a ``src_h x src_w`` picture is resized to so it covers
+    ``height x width`` with its aspect kept, and the offsets of the centre crop.
 
-    Matches the official ``resize_for_rectangle_crop(reshape_mode="center")`` on uint8 tensors: the scaled side
-    is truncated to an int, the crop offsets are floor-halved, and the bicubic output is rounded and clamped.
+    As the official ``resize_for_rectangle_crop(reshape_mode="center")``: the scaled side is truncated to an int,
+    the crop offsets are floor-halved.
     """
-    count, src_h, src_w = frames.shape[:3]
     if src_w / src_h > width / height:
         new_h, new_w = height, int(src_w * height / src_h)
     else:
         new_h, new_w = int(src_h * width / src_w), width
-    top, left = (new_h - height) // 2, (new_w - width) // 2
-    out = np.empty((count, height, width, frames.shape[3]), dtype=np.uint8)
-    for start in range(0, count, RESIZE_CHUNK):
-        chunk = torch.from_numpy(np.ascontiguousarray(frames[start : start + RESIZE_CHUNK]))
-        chunk = chunk.permute(0, 3, 1, 2).to(torch.float32)
-        if (new_h, new_w) != (src_h, src_w):
-            chunk = F.interpolate(
-                chunk, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True
-            )
-        chunk = chunk[:, :, top : top + height, left : left + width].round_().clamp_(0, 255).to(torch.uint8)
-        out[start : start + chunk.shape[0]] = chunk.permute(0, 2, 3, 1).numpy()
-    return out
+    return new_h, new_w, (new_h - height) // 2, (new_w - width) // 2
 
 
-def composite_over(frames: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
-    """[..., 4] uint8 RGBA -> [..., 3] RGB composited over ``colour``; RGB input is returned unchanged."""
+def resize_cover_crop(frames: torch.Tensor, height: int, width: int, dtype: torch.dtype = COMPUTE_DTYPE) -> torch.Tensor:
+    """[N, h, w, C] uint8 -> [N, height, width, C] uint8 on the same device: bicubic (antialiased) resize to cover
+    (aspect kept), centre crop (``cover_geometry``), computed in ``dtype``, rounded and clamped.
+
+    Matches the official ``resize_for_rectangle_crop`` on uint8 tensors. The whole batch is worked on at once;
+    ``prepare_inputs`` bounds it by ``CHUNK_BYTES``.
+    """
+    src_h, src_w = frames.shape[1:3]
+    new_h, new_w, top, left = cover_geometry(src_h, src_w, height, width)
+    pixels = frames.permute(0, 3, 1, 2).to(dtype)
+    if (new_h, new_w) != (src_h, src_w):
+        pixels = F.interpolate(pixels, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
+    pixels = pixels[:, :, top : top + height, left : left + width].round_().clamp_(0, 255)
+    return pixels.to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def composite_over(
+    frames: torch.Tensor, colour: tuple[int, int, int], dtype: torch.dtype = COMPUTE_DTYPE
+) -> torch.Tensor:
+    """[..., 4] uint8 RGBA -> [..., 3] RGB composited over ``colour`` (computed in ``dtype``, rounded); RGB input
+    is returned unchanged."""
     if frames.shape[-1] == 3:
         return frames
-    alpha = frames[..., 3:4].astype(np.float32) / 255.0
-    background = np.asarray(colour, dtype=np.float32)
-    mixed = frames[..., :3].astype(np.float32) * alpha + background * (1.0 - alpha)
-    return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
+    alpha = frames[..., 3:4].to(dtype) / 255.0
+    background = torch.tensor(colour, dtype=dtype, device=frames.device)
+    mixed = frames[..., :3].to(dtype) * alpha + background * (1.0 - alpha)
+    return mixed.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _check_pixels(array: object, field: str, video: bool) -> np.ndarray:
@@ -205,15 +227,15 @@ def _mask_or_alpha(
     field: str,
     picture_field: str,
     video: bool,
-) -> np.ndarray:
-    """The given palette mask (validated), or one made from the picture's alpha channel."""
+) -> np.ndarray | None:
+    """The given palette mask (validated), or None when the picture's alpha channel will make it."""
     if mask is not None:
         mask = _check_pixels(mask, field, video)[..., :3]
         _check_same_aspect(mask, picture, field, picture_field)
         validate_mask(mask, field, background_colour(mode, role))
         return mask
     if picture.shape[-1] == 4:
-        return mask_from_alpha(picture[..., 3], mode, role)
+        return None
     raise Scail2InputError(
         f"{field} is required: give a palette mask (subject in blue on "
         f"{'white' if background_colour(mode, role) == (255, 255, 255) else 'black'}) or an RGBA {picture_field} "
@@ -224,13 +246,15 @@ def _mask_or_alpha(
 
 @dataclass
 class _ValidInputs:
+    """The request's arrays, checked. A mask of None comes from its picture's alpha channel."""
+
     height: int
     width: int
     reference: np.ndarray
-    reference_mask: np.ndarray
+    reference_mask: np.ndarray | None
     driving: np.ndarray
-    driving_mask: np.ndarray
-    extras: list[tuple[np.ndarray, np.ndarray]]
+    driving_mask: np.ndarray | None
+    extras: list[tuple[np.ndarray, np.ndarray | None]]
     fps: float
 
 
@@ -243,27 +267,96 @@ def validate_request(request: GenerationRequest) -> tuple[int, int]:
     return valid.height, valid.width
 
 
-def prepare_inputs(request: GenerationRequest) -> PreparedInputs:
-    """Validate every input of ``request`` and bring it to the target size (uint8 RGB)."""
+def prepare_inputs(
+    request: GenerationRequest,
+    device: torch.device | str | None = None,
+    max_device_bytes: int | None = None,
+) -> PreparedInputs:
+    """Validate every input of ``request`` and bring it to the target size: uint8 RGB tensors on ``device``.
+
+    Each source frame is uploaded once (in chunks of ``CHUNK_BYTES``); compositing, masks from alpha, resize and
+    crop run there in float32. ``max_device_bytes``: when the driving frames and masks at the target size would
+    take more, they are kept in host memory (pinned when ``device`` is a GPU) instead; the references always stay
+    on ``device``. None (the default) keeps everything on ``device``; the CPU when ``device`` is None.
+    """
     valid = _validate(request)
     height, width = valid.height, valid.width
     mode = request.mode
-    reference_rgb = composite_over(valid.reference, background_colour(mode, "reference"))
-    driving_rgb = composite_over(valid.driving, background_colour(mode, "driving"))
+    device = torch.device("cpu" if device is None else device)
+    video_bytes = 2 * valid.driving.shape[0] * height * width * 3
+    storage = device if max_device_bytes is None or video_bytes <= max_device_bytes else torch.device("cpu")
+
+    def prepare(pictures, masks, background, alpha_mask, storage=device):
+        return _prepare_frames(pictures, masks, background, alpha_mask, height, width, device, storage)
+
+    reference, reference_mask = prepare(
+        valid.reference[None], _frames(valid.reference_mask), background_colour(mode, "reference"),
+        (mode, "reference"),
+    )
+    driving, driving_mask = prepare(
+        valid.driving, valid.driving_mask, background_colour(mode, "driving"), (mode, "driving"), storage
+    )
+    extras = [
+        prepare(image[None], _frames(mask), BLACK, ("replacement", "reference"))  # subject colour on black
+        for image, mask in valid.extras
+    ]
     return PreparedInputs(
         height=height,
         width=width,
-        reference=resize_cover_crop(reference_rgb[None], height, width)[0],
-        reference_mask=resize_cover_crop(valid.reference_mask[None], height, width)[0],
-        driving=resize_cover_crop(driving_rgb, height, width),
-        driving_mask=resize_cover_crop(valid.driving_mask, height, width),
-        extra_images=[
-            resize_cover_crop(composite_over(image, BLACK)[None], height, width)[0]
-            for image, _ in valid.extras
-        ],
-        extra_masks=[resize_cover_crop(mask[None], height, width)[0] for _, mask in valid.extras],
+        reference=reference[0],
+        reference_mask=reference_mask[0],
+        driving=driving,
+        driving_mask=driving_mask,
+        extra_images=[image[0] for image, _ in extras],
+        extra_masks=[mask[0] for _, mask in extras],
         fps=valid.fps,
     )
+
+
+def _frames(image: np.ndarray | None) -> np.ndarray | None:
+    return None if image is None else image[None]
+
+
+def _upload(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 host frames -> a tensor on ``device`` (one copy; a read-only array is copied on the host first)."""
+    if not frames.flags.writeable or not frames.flags.c_contiguous:
+        frames = np.array(frames)
+    return torch.from_numpy(frames).to(device)
+
+
+def _prepare_frames(
+    pictures: np.ndarray,
+    masks: np.ndarray | None,
+    background: tuple[int, int, int],
+    alpha_mask: tuple[Mode, MaskRole],
+    height: int,
+    width: int,
+    device: torch.device,
+    storage: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, h, w, 3|4] pictures and their [N, h', w', 3] masks (None: from the pictures' alpha, ``mask_from_alpha``
+    with ``alpha_mask`` = (mode, role)) -> both [N, height, width, 3] uint8 on ``storage``, worked on ``device``.
+
+    Pictures are composited over ``background`` before the resize; masks are resized like pictures (bicubic, so
+    their edges blend as in the official code).
+    """
+    count = pictures.shape[0]
+    pin = storage.type == "cpu" and device.type == "cuda"
+    pictures_out, masks_out = (
+        torch.empty((count, height, width, 3), dtype=torch.uint8, device=storage, pin_memory=pin) for _ in range(2)
+    )
+    largest = max(pictures.shape[1] * pictures.shape[2], 0 if masks is None else masks.shape[1] * masks.shape[2])
+    step = max(1, CHUNK_BYTES // (largest * 4 * COMPUTE_DTYPE.itemsize))
+    for start in range(0, count, step):
+        stop = min(count, start + step)
+        chunk = _upload(pictures[start:stop], device)
+        pictures_out[start:stop] = resize_cover_crop(composite_over(chunk, background), height, width)
+        if masks is None:
+            mask = mask_from_alpha(chunk[..., 3], *alpha_mask)
+        else:
+            mask = _upload(masks[start:stop], device)
+        masks_out[start:stop] = resize_cover_crop(mask, height, width)
+    return pictures_out, masks_out
 
 
 def _validate(request: GenerationRequest) -> _ValidInputs:
@@ -314,7 +407,7 @@ def _validate(request: GenerationRequest) -> _ValidInputs:
             # Either polarity is valid here: white marks a usable background plate, black the views of a subject.
             validate_mask(mask, f"{field}.mask", expected_background=None, require_subject=False)
         elif image.shape[-1] == 4:
-            mask = mask_from_alpha(image[..., 3], "replacement", "reference")  # subject colour on black
+            mask = None  # from alpha when prepared: subject colour on black
         else:
             raise Scail2InputError(
                 f"{field}.mask is required (palette colour on black for a view of the subject, white over a "

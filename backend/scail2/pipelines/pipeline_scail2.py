@@ -53,6 +53,9 @@ logger = logging.getLogger(__name__)
 
 LATENT_CHANNELS = 16
 HISTORY_MASK_CHANNELS = 4
+# Driving frames and masks at the output size stay on the device up to this size (about 390 frames at 512x896,
+# 190 at 704x1280); a longer clip waits in pinned host memory and each window is uploaded as it starts.
+INPUTS_ON_DEVICE_MAX_BYTES = 2**30
 
 
 @dataclass(frozen=True)
@@ -147,34 +150,46 @@ class EncodedConditions:
 
 
 class FrameSource:
-    """Driving frames and masks for one window as float tensors, converted from uint8 only when needed.
+    """Driving frames and masks for one window as float tensors on ``device``, converted from uint8 only when
+    needed.
 
     Frames past the clip's end (tail padding) repeat the last frame.
     """
 
-    def __init__(self, driving: torch.Tensor | np.ndarray, driving_mask: torch.Tensor | np.ndarray):
+    def __init__(
+        self,
+        driving: torch.Tensor | np.ndarray,
+        driving_mask: torch.Tensor | np.ndarray,
+        device: torch.device | str | None = None,
+    ):
         """``driving``: [T, 3, H, W] float in [-1, 1] or [T, H, W, 3] uint8; ``driving_mask``: [3, T, H, W]
-        float in [-1, 1] or [T, H, W, 3] uint8."""
-        self.driving = driving
-        self.driving_mask = driving_mask
+        float in [-1, 1] or [T, H, W, 3] uint8 (uint8 as a tensor on any device, or a numpy array). A window's
+        uint8 frames are moved to ``device`` (default: where they are) and converted there."""
+        self.driving = torch.from_numpy(driving) if isinstance(driving, np.ndarray) else driving
+        self.driving_mask = torch.from_numpy(driving_mask) if isinstance(driving_mask, np.ndarray) else driving_mask
+        self.device = None if device is None else torch.device(device)
 
     @staticmethod
-    def _indices(window: Window) -> np.ndarray:
-        return np.minimum(np.arange(window.start, window.start + window.length), window.end - 1)
+    def _indices(window: Window, device: torch.device) -> torch.Tensor:
+        index = torch.arange(window.start, window.start + window.length, device=device)
+        return index.clamp_(max=window.end - 1)
+
+    def _uint8_window(self, frames: torch.Tensor, window: Window) -> torch.Tensor:
+        """[length, H, W, 3] in [-1, 1] on ``device`` from [T, H, W, 3] uint8."""
+        window_frames = frames[self._indices(window, frames.device)]
+        return video_to_unit_range(window_frames.to(self.device or frames.device, non_blocking=True))
 
     def pose(self, window: Window) -> torch.Tensor:
         """[length, 3, H, W] in [-1, 1]."""
-        index = self._indices(window)
-        if isinstance(self.driving, np.ndarray):
-            return video_to_unit_range(torch.from_numpy(self.driving[index])).permute(0, 3, 1, 2)
-        return self.driving[torch.from_numpy(index)]
+        if self.driving.dtype == torch.uint8:
+            return self._uint8_window(self.driving, window).permute(0, 3, 1, 2)
+        return self.driving[self._indices(window, self.driving.device)]
 
     def mask(self, window: Window) -> torch.Tensor:
         """[3, length, H, W] in [-1, 1]."""
-        index = self._indices(window)
-        if isinstance(self.driving_mask, np.ndarray):
-            return video_to_unit_range(torch.from_numpy(self.driving_mask[index])).permute(3, 0, 1, 2)
-        return self.driving_mask[:, torch.from_numpy(index)]
+        if self.driving_mask.dtype == torch.uint8:
+            return self._uint8_window(self.driving_mask, window).permute(3, 0, 1, 2)
+        return self.driving_mask[:, self._indices(window, self.driving_mask.device)]
 
 
 def frames_to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -369,16 +384,17 @@ class Scail2Pipeline:
         returns True (checked between steps), ``Scail2InputError`` for bad inputs.
         """
         sampling = _seed_for_resume(request.sampling, resume).with_seed()
-        prepared = prepare_inputs(request)  # bad inputs fail before any weights change
+        # Bad inputs fail before any weights change. The pixels are prepared on the device.
+        prepared = prepare_inputs(request, self.device, max_device_bytes=INPUTS_ON_DEVICE_MAX_BYTES)
         self.set_loras(request.effective_loras, sampling.preset)
         windows = self.plan_windows(prepared.num_frames, request)
         report = _Reporter(progress, len(windows), sampling.steps)
         report("encode", 0, 0)
 
-        reference = image_to_unit_range(torch.from_numpy(prepared.reference).permute(2, 0, 1))
-        reference_mask = image_to_unit_range(torch.from_numpy(prepared.reference_mask).permute(2, 0, 1))
+        reference = image_to_unit_range(prepared.reference.permute(2, 0, 1))
+        reference_mask = image_to_unit_range(prepared.reference_mask.permute(2, 0, 1))
         conditions = self.encode_conditions(request, prepared, reference, reference_mask, sampling)
-        frames = FrameSource(prepared.driving, prepared.driving_mask)
+        frames = FrameSource(prepared.driving, prepared.driving_mask, self.device)
         video_windows = self.denoise_windows(
             conditions,
             frames,
@@ -446,12 +462,8 @@ class Scail2Pipeline:
         clip_features = self.encode_image(reference)
         if self.offload_encoders:
             self._park_encoders()  # umT5 and CLIP are not needed again for this request
-        extra_images = [
-            image_to_unit_range(torch.from_numpy(i).permute(2, 0, 1)) for i in prepared.extra_images
-        ]
-        extra_masks = [
-            image_to_unit_range(torch.from_numpy(m).permute(2, 0, 1)) for m in prepared.extra_masks
-        ]
+        extra_images = [image_to_unit_range(i.permute(2, 0, 1)) for i in prepared.extra_images]
+        extra_masks = [image_to_unit_range(m.permute(2, 0, 1)) for m in prepared.extra_masks]
         ref_latent, ref_mask, extra_latents, extra_mask = self.encode_references(
             reference, reference_mask, extra_images, extra_masks
         )
