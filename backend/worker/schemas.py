@@ -223,6 +223,10 @@ class WarmupInfo(BaseModel):
     sizes: list[str] = Field(description="'<W>x<H>:<frames>' of each warmed-up window")
     seconds: dict[str, float] = Field(description="warm-up time per --warmup entry; paid once per worker start "
                                       "and size, never per job")
+    dynamic_tokens_s: float | None = Field(
+        default=None, description="time to compile the block graph with a dynamic token count, which serves every "
+        "token count the sizes did not warm up (a clip's shorter last window, another segment_len, extra "
+        "references); null when the blocks are not compiled")
     total_s: float
     compiled_graphs: int = Field(description="graphs torch.compile built during the warm-up")
 

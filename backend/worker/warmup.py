@@ -4,8 +4,11 @@ With regional ``torch.compile`` (the GPU default) the first window at a new size
 and plans its kernels: 15-25 s at 512p, more at 704p (docs/PERFORMANCE.md). ``--warmup 512p,704p`` runs one
 synthetic one-step generation per size through the same ``generate`` path jobs take, so those graphs exist before
 the first job arrives. Its time is reported in ``/v1/health`` (``performance.warmup``); every job then records in
-its timings whether it still compiled anything (``warmup_paid``, measured from dynamo's graph counter), e.g. a
-size or window length that was not warmed up.
+its timings whether it still compiled anything (``warmup_paid``, measured from dynamo's graph counter).
+
+After the sizes, the block shapes are frozen (``accel.freeze_block_shapes``) and one short window runs, which
+compiles the block graph with a dynamic token count: a job's shorter last window, another ``segment_len``, extra
+references or a size not warmed up then run that graph instead of compiling mid-job (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -95,7 +98,8 @@ def warmup_request(size: WarmupSize, loras: dict[str, float]) -> Any:
 
 
 def warm_up(pipe: Any, sizes: list[WarmupSize]) -> dict[str, Any]:
-    """Run one synthetic window per size; returns the ``performance.warmup`` report of ``/v1/health``."""
+    """Run one synthetic window per size, then (compiled blocks only) the dynamic-token graph's window; returns
+    the ``performance.warmup`` report of ``/v1/health``."""
     fused = dict(pipe.lora_manager.fused) if getattr(pipe, "lora_manager", None) is not None else {}
     graphs_before = compiled_graph_count()
     seconds: dict[str, float] = {}
@@ -105,9 +109,35 @@ def warm_up(pipe: Any, sizes: list[WarmupSize]) -> dict[str, Any]:
         seconds[size.label] = round(time.monotonic() - started, 2)
         log.info("warm-up done", extra={"size": size.label, "height": size.height, "width": size.width,
                                         "frames": size.frames, "seconds": seconds[size.label]})
+    dynamic_s = warm_up_dynamic_tokens(pipe, sizes, fused) if sizes else None
     return {
         "sizes": [f"{size.width}x{size.height}:{size.frames}" for size in sizes],
         "seconds": seconds,
-        "total_s": round(sum(seconds.values()), 2),
+        "dynamic_tokens_s": dynamic_s,
+        "total_s": round(sum(seconds.values()) + (dynamic_s or 0.0), 2),
         "compiled_graphs": compiled_graph_count() - graphs_before,
     }
+
+
+def warm_up_dynamic_tokens(pipe: Any, sizes: list[WarmupSize], loras: dict[str, float]) -> float | None:
+    """Freeze the static block shapes and compile the dynamic-token graph with one short window at the first
+    size (the shortest window length whose token count the sizes did not warm up). Seconds taken; None when the
+    blocks are not compiled."""
+    from backend.scail2.accel import block_shapes, freeze_block_shapes
+
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is None or not freeze_block_shapes(transformer):
+        return None
+    shapes = block_shapes(transformer)
+    started = time.monotonic()
+    first = sizes[0]
+    for frames in range(9, max(first.frames, 9) + 1, 4):  # 9: the shortest window a 5-frame history allows
+        calls = shapes.dynamic_calls
+        pipe.generate(warmup_request(WarmupSize(f"{first.label}:{frames}", first.height, first.width, frames),
+                                     loras))
+        if shapes.dynamic_calls > calls:
+            break
+    seconds = round(time.monotonic() - started, 2)
+    log.info("warm-up done", extra={"size": "dynamic tokens", "height": first.height, "width": first.width,
+                                    "frames": frames, "seconds": seconds})
+    return seconds

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .attention import select_attention_backend, set_attention_backend
-from .compile import compile_blocks, transformer_blocks
+from .compile import BlockShapes, block_shapes, compile_blocks, freeze_block_shapes, transformer_blocks
 from .fp8 import Fp8Linear, convert_blocks_to_fp8, fp8_supported
 from .processor import STRIDED_BACKENDS, StridedSDPAProcessor, use_strided_attention
 from .settings import ATTENTION_CHOICES, PerformanceSettings
@@ -31,6 +31,7 @@ from .streaming import (
 __all__ = [
     "ATTENTION_CHOICES",
     "AccelerationState",
+    "BlockShapes",
     "BlockStreamer",
     "Fp8Linear",
     "PerformanceSettings",
@@ -38,10 +39,12 @@ __all__ = [
     "StridedSDPAProcessor",
     "apply_performance_settings",
     "apply_to_pipeline",
+    "block_shapes",
     "compile_blocks",
     "convert_blocks_to_fp8",
     "enable_block_streaming",
     "fp8_supported",
+    "freeze_block_shapes",
     "is_parked",
     "load_module",
     "park_module",

@@ -2,10 +2,27 @@
 
 With dynamo's default of treating built-in module parameters as graph inputs, every block instance hits the
 same compiled graph, so the compile costs about one block's worth (seconds) per input shape instead of the
-whole model's. Shapes change per resolution and frame count; the worker warms each allowed size up once.
+whole model's. The block sees the window as a flat token sequence, so its shape changes with the resolution,
+the window length (``segment_len``, and a clip's short last window) and the number of extra references.
+
+Two graphs per shape policy, so no job compiles mid-run once the worker warmed up (issue #15):
+
+- until ``freeze_block_shapes`` is called every shape gets its own static graph (``dynamic=False``), as before:
+  what the worker's warm-up sizes and the benchmarks run;
+- after it, a shape that has no static graph runs a second graph compiled with the token dimension dynamic
+  (``mark_dynamic`` on the hidden states' and RoPE tables' token axis, nothing else), which the warm-up compiles
+  once for every other token count. The full windows keep their static graphs (same kernels, same speed);
+  the dynamic graph computes the same operations, only its index arithmetic is symbolic
+  (``tests/perf/test_compile_shapes.py`` checks its output against the static graph's).
+
+Padding the short last window to the full length would also avoid the compile, but it changes the output: the
+model attends over the padded frames and the noise draw has another shape.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,15 +47,71 @@ def transformer_blocks(model: nn.Module, blocks_attr: str = "blocks") -> list[nn
     return list(blocks._modules.values())
 
 
+@dataclass
+class BlockShapes:
+    """Which hidden-state shapes ([B, tokens, dim]) run a static graph; once ``frozen``, no new one is added."""
+
+    static: set[tuple[int, ...]] = field(default_factory=set)
+    frozen: bool = False
+    dynamic_calls: int = 0  # block calls that took the dynamic-token graph
+
+
+def _call_block(block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The dynamic-token graph's entry: its own code object, so its dynamo cache is apart from the static one's."""
+    return block._call_impl(*args, **kwargs)
+
+
+class _BlockCall:
+    """A compiled block's ``__call__``: the static graph for known shapes, the dynamic-token graph for others."""
+
+    def __init__(self, block: nn.Module, static: Any, dynamic: Any, shapes: BlockShapes) -> None:
+        self.block, self.static, self.dynamic, self.shapes = block, static, dynamic, shapes
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        key = tuple(hidden.shape)
+        if not self.shapes.frozen or key in self.shapes.static:
+            self.shapes.static.add(key)
+            return self.static(*args, **kwargs)
+        tokens = key[1]
+        torch._dynamo.mark_dynamic(hidden, 1)
+        rotary = args[3] if len(args) > 3 else kwargs.get("rotary_emb")
+        for table in rotary if isinstance(rotary, tuple | list) else (rotary,):
+            if isinstance(table, torch.Tensor) and table.ndim > 1 and table.shape[1] == tokens:
+                torch._dynamo.mark_dynamic(table, 1)
+        self.shapes.dynamic_calls += 1
+        return self.dynamic(self.block, *args, **kwargs)
+
+
 def compile_blocks(model: nn.Module, mode: str | None = None, fullgraph: bool = True,
                    backend: str = "inductor", blocks_attr: str = "blocks") -> int:
-    """Compile each transformer block in place (`nn.Module.compile`); returns how many were compiled.
+    """Compile each transformer block in place; returns how many were compiled.
 
-    `fullgraph=True` makes any graph break an error, so a host synchronisation sneaking into the block is
-    caught at warm-up instead of silently costing time.
+    Each block's call goes through ``_BlockCall`` (see the module docstring); ``model._block_shapes`` is the
+    ``BlockShapes`` the blocks share. `fullgraph=True` makes any graph break an error, so a host synchronisation
+    sneaking into the block is caught at warm-up instead of silently costing time.
     """
     _configure_dynamo()
     blocks = transformer_blocks(model, blocks_attr)
+    shapes = BlockShapes()
+    dynamic = torch.compile(_call_block, mode=mode, fullgraph=fullgraph, dynamic=None, backend=backend)
     for block in blocks:
-        block.compile(mode=mode, fullgraph=fullgraph, dynamic=False, backend=backend)
+        static = torch.compile(block._call_impl, mode=mode, fullgraph=fullgraph, dynamic=False, backend=backend)
+        block._compiled_call_impl = _BlockCall(block, static, dynamic, shapes)
+    model._block_shapes = shapes
     return len(blocks)
+
+
+def block_shapes(model: nn.Module) -> BlockShapes | None:
+    """The shape policy of a model whose blocks ``compile_blocks`` compiled, else None."""
+    return getattr(model, "_block_shapes", None)
+
+
+def freeze_block_shapes(model: nn.Module) -> bool:
+    """From now on, a block shape without a static graph takes the dynamic-token graph instead of compiling a
+    static one. Returns False when the model's blocks are not compiled."""
+    shapes = block_shapes(model)
+    if shapes is None:
+        return False
+    shapes.frozen = True
+    return True
