@@ -496,7 +496,7 @@ def _settings_summary(spec: JobSpec, request: Any, prepared: Any) -> dict[str, A
         "size": f"{prepared.width}x{prepared.height}",
         "frames": prepared.num_frames,
         "fps": prepared.fps,
-        "extra_references": len(prepared.extra_images),
+        "extra_references": prepared.extra_references,
         # Which image the engine got at each index, so a log shows extra views arrived in the client's order.
         "extra_reference_digests": [pixel_digest(extra.image) for extra in request.extra_references],
         "color_anchor": request.color_anchor,

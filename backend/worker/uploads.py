@@ -9,7 +9,7 @@ A submission is checked in this order, cheapest first, so a bad upload costs as 
    of every PNG in a frame archive, ffmpeg's probe of a video, against the side, frame, duration and decoded-
    memory limits;
 4. the decode, where every failure to parse a file becomes a 4xx naming its field (``errors.reading``), then the
-   whole request through the engine's own validation (``prepare_inputs``: masks, palette colours, frame
+   whole request through the engine's own validation (``summarize_request``: masks, palette colours, frame
    counts, aspect ratios, sizes) and the preset/LoRA settings.
 
 The runner later rebuilds the identical request from the stored files with ``load_request``.
@@ -196,11 +196,13 @@ def build_request(spec: JobSpec, inputs: Mapping[str, str], folder: Path, limits
     """Decode the stored files of a job and build the engine's ``GenerationRequest``, validated.
 
     ``inputs`` maps file fields to their stored names in ``folder``. Raises ``ApiError`` (422/413) naming the
-    field on any problem; the returned request has passed the engine's own ``prepare_inputs`` checks.
+    field on any problem; the returned request has passed the engine's own checks (``summarize_request``, the
+    validation of ``prepare_inputs`` without its pixel work, which the engine does on its device). Returns the
+    request and its ``InputSummary``.
     ``fill_masks`` supplies the masks of 'auto' mask sources (``backend.masks.service``) before that check.
     ``pinned_loras``: the LoRA strengths an fp8 worker was converted with (``check_job_loras``), or None.
     """
-    from backend.scail2.conditioning.request import ExtraReference, GenerationRequest, prepare_inputs
+    from backend.scail2.conditioning.request import ExtraReference, GenerationRequest, summarize_request
     from backend.scail2.errors import Scail2InputError
     from backend.scail2.pipelines.pipeline_scail2 import Scail2Pipeline
     from backend.scail2.schedulers.presets import SamplingSettings, check_loras_available
@@ -261,7 +263,7 @@ def build_request(spec: JobSpec, inputs: Mapping[str, str], folder: Path, limits
             check_loras_available(request.effective_loras, available_loras,
                                   spec.preset if spec.loras is None else None)
         check_job_loras(spec, request.effective_loras, pinned_loras)
-        prepared = prepare_inputs(request)
+        prepared = summarize_request(request)
         windows = Scail2Pipeline.plan_windows(prepared.num_frames, request)  # window lengths are checked here
         request.color_anchor = len(windows) > 1 if spec.color_anchor is None else spec.color_anchor
     except Scail2InputError as exc:

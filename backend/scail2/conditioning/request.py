@@ -258,13 +258,30 @@ class _ValidInputs:
     fps: float
 
 
-def validate_request(request: GenerationRequest) -> tuple[int, int]:
-    """Check every input of ``request`` without resizing anything; returns the output (height, width).
+@dataclass(frozen=True)
+class InputSummary:
+    """What validating a request tells without touching its pixels."""
 
-    Cheap enough to run before loading the model, so that a bad input fails in seconds, not after minutes.
+    height: int
+    width: int
+    num_frames: int
+    fps: float
+    extra_references: int
+
+
+def summarize_request(request: GenerationRequest) -> InputSummary:
+    """Check every input of ``request`` as ``prepare_inputs`` does, without any pixel work; returns its summary.
+
+    Cheap enough to run before loading the model or on upload, so that a bad input fails in seconds.
     """
     valid = _validate(request)
-    return valid.height, valid.width
+    return InputSummary(valid.height, valid.width, int(valid.driving.shape[0]), valid.fps, len(valid.extras))
+
+
+def validate_request(request: GenerationRequest) -> tuple[int, int]:
+    """Check every input of ``request`` without resizing anything; returns the output (height, width)."""
+    summary = summarize_request(request)
+    return summary.height, summary.width
 
 
 def prepare_inputs(
