@@ -42,7 +42,7 @@ class WarmupSize:
 
 def parse_warmup(text: str | None) -> list[WarmupSize]:
     """``--warmup`` value: comma-separated ``512p``, ``704p`` or ``<W>x<H>`` (multiples of 32), each optionally
-    ``:FRAMES`` (4k+1, default 81); ``none`` or empty for no warm-up. ValueError names the bad entry."""
+    ``:FRAMES`` (4k+1 from 9, default 81); ``none`` or empty for no warm-up. ValueError names the bad entry."""
     if text is None or text.strip().lower() in ("", "none"):
         return []
     sizes: list[WarmupSize] = []
@@ -58,8 +58,8 @@ def parse_warmup(text: str | None) -> list[WarmupSize]:
         else:
             height, width = NAMED_SIZES[match.group("size")]
         frames = int(match.group("frames") or DEFAULT_WINDOW_FRAMES)
-        if frames < 5 or (frames - 1) % 4:
-            raise ValueError(f"{entry!r}: the window length must be 4k+1 frames (e.g. 41 or 81), got {frames}")
+        if frames < 9 or (frames - 1) % 4:  # a window must be longer than its 5 history frames
+            raise ValueError(f"{entry!r}: the window length must be 4k+1 frames from 9 (e.g. 41 or 81), got {frames}")
         sizes.append(WarmupSize(entry, height, width, frames))
     return sizes
 

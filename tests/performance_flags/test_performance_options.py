@@ -86,7 +86,7 @@ def test_lora_and_warmup_values():
     sizes = parse_warmup("512p,704p, 512x896:41")
     assert [(s.height, s.width, s.frames) for s in sizes] == [(512, 896, 81), (704, 1280, 81), (896, 512, 41)]
     assert parse_warmup("none") == []
-    for bad in ("480p", "100x64", "512p:40", "512p:"):
+    for bad in ("480p", "100x64", "512p:40", "512p:", "512p:5"):  # 5 frames: no longer than the history
         with pytest.raises(ValueError):
             parse_warmup(bad)
 
