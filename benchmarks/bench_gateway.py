@@ -20,6 +20,8 @@ Two measurements on one machine, with the tiny checkpoint on the CPU (no GPU nee
    the table also gives what the same bytes take on 10 and 25 Gbit/s links at line rate.
 
     python benchmarks/bench_gateway.py                  # writes benchmarks/results/gateway_cpu.json
+    # no spare core: everything (worker, gateway, raylets, engine) on CPU 0
+    taskset -c 0 python benchmarks/bench_gateway.py --out benchmarks/results/gateway_cpu_one_core.json
     python benchmarks/bench_gateway.py --jobs 3 --transfers 2 --out /tmp/quick.json
 
 Run from the repository root, with the ``cluster`` (or ``dev``) extra installed.
