@@ -42,7 +42,13 @@ from ..loaders.dit_keys import detect_key_space, internal_to_wan, sat_key_for_wa
 from ..loaders.weights import LazyStateDict, TensorRef, load_into, meta_init, open_state_dict
 from .rope import SCAIL2RotaryPosEmbed, TokenLayout
 
-__all__ = ["SCAIL2Transformer", "config_from_official", "infer_config_from_shapes", "to_internal_keys"]
+__all__ = [
+    "SCAIL2Transformer",
+    "SCAIL2TransformerBlock",
+    "config_from_official",
+    "infer_config_from_shapes",
+    "to_internal_keys",
+]
 
 # diffusers' WanAttnProcessor splits the cross-attention context at ``len - 512``: the text part is always
 # zero-padded to 512 rows, as in the official model.
@@ -84,6 +90,47 @@ def _tokens(embedded: torch.Tensor) -> torch.Tensor:
     return embedded.flatten(2).transpose(1, 2)
 
 
+class SCAIL2TransformerBlock(WanTransformerBlock):
+    """diffusers' ``WanTransformerBlock`` (same modules, names and parameters) with the official block's precision.
+
+    diffusers rounds the residual stream to the activation dtype after every add
+    (``(hidden.float() + out * gate).type_as(hidden)``). The official Wan/SCAIL-2 block keeps the residual stream,
+    the gates and the adds in float32 and rounds only what enters a linear. This block does the same: it takes and
+    returns a float32 ``hidden_states``; the norms, modulation, gates and adds run in float32, and the inputs of
+    the attention and feed-forward are cast to the activation dtype, that of ``encoder_hidden_states`` (the
+    text/image context the model's own embedders produce in the weights' dtype, or under autocast). In float32 it
+    computes exactly what ``WanTransformerBlock`` computes. Only the stream is wider: parameters stay as loaded.
+    """
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        rotary_emb: torch.Tensor,
+    ) -> torch.Tensor:
+        compute_dtype = encoder_hidden_states.dtype
+        residual = hidden_states.float()
+        shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
+            self.scale_shift_table + temb.float()
+        ).chunk(6, dim=1)
+
+        # 1. Self-attention
+        norm_hidden_states = (self.norm1(residual) * (1 + scale_msa) + shift_msa).to(compute_dtype)
+        attn_output = self.attn1(norm_hidden_states, None, None, rotary_emb)
+        residual = residual + attn_output.float() * gate_msa
+
+        # 2. Cross-attention (no gate, as in the official block)
+        norm_hidden_states = self.norm2(residual).to(compute_dtype)
+        attn_output = self.attn2(norm_hidden_states, encoder_hidden_states, None, None)
+        residual = residual + attn_output.float()
+
+        # 3. Feed-forward
+        norm_hidden_states = (self.norm3(residual) * (1 + c_scale_msa) + c_shift_msa).to(compute_dtype)
+        ff_output = self.ffn(norm_hidden_states)
+        return residual + ff_output.float() * c_gate_msa
+
+
 class SCAIL2Transformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):
     r"""SCAIL-2 diffusion transformer (the official ``SCAIL2Model``) on diffusers' Wan blocks.
 
@@ -95,9 +142,9 @@ class SCAIL2Transformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
 
     _supports_gradient_checkpointing = True
     _skip_layerwise_casting_patterns = ["patch_embedding", "condition_embedder", "norm"]
-    _no_split_modules = ["WanTransformerBlock"]
+    _no_split_modules = ["SCAIL2TransformerBlock"]
     _keep_in_fp32_modules = sorted(_FP32_MODULE_NAMES)
-    _repeated_blocks = ["WanTransformerBlock"]
+    _repeated_blocks = ["SCAIL2TransformerBlock"]
     # Sequence-parallel plan: the RoPE tables and the token sequence are split along the sequence, the text and
     # image context is not (257 + 512 rows), and the head output is gathered before the video tokens are cut.
     _cp_plan = {
@@ -155,7 +202,7 @@ class SCAIL2Transformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
         # I2V cross-attention: the image tokens are already projected to `dim` by the image embedder.
         self.blocks = nn.ModuleList(
             [
-                WanTransformerBlock(
+                SCAIL2TransformerBlock(
                     dim,
                     ffn_dim,
                     num_heads,
@@ -253,10 +300,8 @@ class SCAIL2Transformer(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, A
             extra = self.patch_embedding(_append_channels(extra_ref_latents.to(dtype), 1.0))
             extra = extra + self.mask_patch_embedding(extra_ref_masks.to(dtype))
             streams.insert(0, _tokens(extra))
-        hidden_states = torch.cat(streams, dim=1).contiguous()
-        if torch.is_autocast_enabled(hidden_states.device.type):
-            # Under autocast the official model keeps the residual stream in fp32 (its adds run in fp32).
-            hidden_states = hidden_states.float()
+        # The residual stream is float32 from here to the head, as in the official model (see SCAIL2TransformerBlock).
+        hidden_states = torch.cat(streams, dim=1).float().contiguous()
 
         # 2. Conditions: time embedding in fp32 from a float64 sinusoid; text zero-padded to text_len.
         embedder = self.condition_embedder
