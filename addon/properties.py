@@ -205,6 +205,18 @@ class SCAIL_PG_settings(bpy.types.PropertyGroup):
         default="PRESET",
     )
     loras: StringProperty(name="LoRAs", description='Strength overrides, e.g. "lightx2v=0.8, dpo=1.0"')
+    step_cache: EnumProperty(
+        name="Step Cache",
+        items=[
+            ("AUTO", "Auto", "The worker's default: TaylorSeer when a window has 20 or more steps (Quality), off "
+             "below"),
+            ("off", "Off", "Run every denoising step in full"),
+            ("taylorseer", "TaylorSeer", "Compute 15 of 40 steps, extrapolate the others (about 2.6x faster)"),
+            ("first_block", "First Block", "Skip a step when the first block barely changes (speed-up varies)"),
+        ],
+        default="AUTO",
+        description="Skip denoising steps of many-step sampling (Quality preset) by reusing earlier ones",
+    )
     color_anchor: EnumProperty(name="Colour Anchor", items=COLOR_ANCHORS, default="AUTO",
                                description="Keep colours from drifting between the windows of a long clip")
 

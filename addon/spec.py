@@ -37,6 +37,7 @@ class GenerateSettings:
     shift: float = 0.0
     seed: int = -1
     sampler: str = ""  # "" uses the preset's
+    step_cache: str = ""  # "" uses the worker's default (auto: TaylorSeer for >= 20 steps) | off | taylorseer | first_block
     loras: str = ""
     frame_range: tuple[int, int] | None = None
     fps: float | None = None
@@ -69,6 +70,8 @@ def build_spec(settings: GenerateSettings) -> dict:
         spec["seed"] = settings.seed
     if settings.sampler:
         spec["sampler"] = settings.sampler
+    if settings.step_cache:
+        spec["step_cache"] = settings.step_cache
     loras = parse_loras(settings.loras)
     if loras:
         spec["loras"] = loras

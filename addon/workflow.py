@@ -350,7 +350,8 @@ def prepare_job(scene, context=None, target: connection.BackendTarget | None = N
             mode=settings.mode, prompt=prompt_text(settings), negative_prompt=settings.negative_prompt,
             preset=settings.preset, size=size, steps=settings.steps, guidance=settings.guidance,
             shift=settings.shift, seed=settings.seed, loras=settings.loras,
-            sampler="" if settings.sampler == "PRESET" else settings.sampler, frame_range=frame_range, fps=fps,
+            sampler="" if settings.sampler == "PRESET" else settings.sampler,
+            step_cache="" if settings.step_cache == "AUTO" else settings.step_cache, frame_range=frame_range, fps=fps,
             reference_mask=reference_mask, driving_mask=driving_mask, mask_prompts=settings.mask_prompts,
             color_anchor=settings.color_anchor))
     except BaseException:

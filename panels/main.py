@@ -180,7 +180,7 @@ class SCAIL_PT_generate(SCAIL_PT_base, bpy.types.Panel):
         layout.prop(settings, "show_advanced", icon="PREFERENCES")
         if settings.show_advanced:
             col = layout.column(align=True)
-            for name in ("steps", "guidance", "shift", "seed", "sampler", "loras", "color_anchor"):
+            for name in ("steps", "guidance", "shift", "seed", "sampler", "step_cache", "loras", "color_anchor"):
                 col.prop(settings, name)
         active = [job for job in settings.jobs if job.status in ACTIVE_STATUSES]
         row = layout.row()

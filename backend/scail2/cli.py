@@ -24,7 +24,7 @@ from .conditioning.masks import mask_from_alpha
 from .conditioning.media import VideoClip, clip_geometry, read_clip, read_image
 from .conditioning.request import ExtraReference, GenerationRequest, resolve_size, validate_request
 from .errors import GenerationCancelled, Scail2Error
-from .schedulers.presets import PRESET_NAMES, SamplingSettings
+from .schedulers.presets import PRESET_NAMES, STEP_CACHE_NAMES, SamplingSettings
 from .schedulers.samplers import SAMPLERS
 
 EXIT_USER_ERROR = 2
@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guidance", type=float, help="override the preset's CFG scale (<= 1 disables CFG)")
     parser.add_argument("--shift", type=float, help="override the preset's sigma shift")
     parser.add_argument("--sampler", choices=SAMPLERS, help="override the preset's sampler")
+    parser.add_argument(
+        "--step-cache",
+        choices=STEP_CACHE_NAMES,
+        default=None,
+        help="skip DiT forwards of many-step sampling (default auto: TaylorSeer when a window has >= 20 steps, "
+        "i.e. the quality preset; off below; docs/PERFORMANCE.md)",
+    )
     parser.add_argument("--seed", type=int, help="random seed (default: random, printed at the end)")
     parser.add_argument(
         "--lora",
@@ -230,6 +237,7 @@ def build_request(args: argparse.Namespace) -> GenerationRequest:
         sampler=args.sampler,
         seed=args.seed,
         noise_mode=args.noise_mode,
+        step_cache=args.step_cache,
     )
     loras = _parse_loras(args.lora)
     if loras is not None:

@@ -41,6 +41,10 @@ class JobSpec(MaskOptions):
     guidance: float | None = Field(None, ge=0.0, le=30.0, description="text CFG scale; <= 1 skips the uncond pass")
     shift: float | None = Field(None, gt=0.0, le=50.0)
     sampler: Literal["unipc", "dpm++", "euler"] | None = None
+    step_cache: Literal["auto", "off", "taylorseer", "first_block"] | None = Field(
+        None, description="advanced: skip DiT forwards of many-step sampling. 'auto' (the default): TaylorSeer "
+        "when a window has >= 20 steps (the quality preset), off below; 'off'; 'taylorseer'; 'first_block'",
+    )
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     size: str = Field("512p", description="'512p', '704p' or '<W>x<H>' with sides multiples of 32")
     frame_range: tuple[int, int] | None = Field(

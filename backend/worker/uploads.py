@@ -240,7 +240,7 @@ def build_request(spec: JobSpec, inputs: Mapping[str, str], folder: Path, limits
     try:
         sampling = SamplingSettings.from_preset(
             spec.preset, steps=spec.steps, guidance=spec.guidance, shift=spec.shift, sampler=spec.sampler,
-            seed=spec.seed,
+            seed=spec.seed, step_cache=spec.step_cache,
         )
         request = GenerationRequest(
             reference=reference,

@@ -42,6 +42,13 @@ def test_spec_sends_only_overrides():
     assert spec["frame_range"] == [2, 9] and spec["fps"] == 29.97
 
 
+def test_step_cache_is_sent_only_when_chosen():
+    settings = spec_module.GenerateSettings("animation", "", "", "quality", size=(512, 512))
+    assert "step_cache" not in spec_module.build_spec(settings)  # Auto: the worker's default
+    settings.step_cache = "off"
+    assert spec_module.build_spec(settings)["step_cache"] == "off"
+
+
 def test_colour_anchoring_is_sent_only_when_chosen():
     settings = spec_module.GenerateSettings("animation", "", "", "fast", size=(512, 512))
     assert "color_anchor" not in spec_module.build_spec(settings)  # Auto: the worker's default, on past one window

@@ -56,13 +56,18 @@ class BlockShapes:
     dynamic_calls: int = 0  # block calls that took the dynamic-token graph
 
 
-def _call_block(block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+def _static_forward(block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The static graphs' entry: the block's class forward (one code object for every block and shape)."""
+    return type(block).forward(block, *args, **kwargs)
+
+
+def _dynamic_forward(block: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """The dynamic-token graph's entry: its own code object, so its dynamo cache is apart from the static one's."""
-    return block._call_impl(*args, **kwargs)
+    return type(block).forward(block, *args, **kwargs)
 
 
 class _BlockCall:
-    """A compiled block's ``__call__``: the static graph for known shapes, the dynamic-token graph for others."""
+    """A compiled block's ``forward``: the static graph for known shapes, the dynamic-token graph for others."""
 
     def __init__(self, block: nn.Module, static: Any, dynamic: Any, shapes: BlockShapes) -> None:
         self.block, self.static, self.dynamic, self.shapes = block, static, dynamic, shapes
@@ -72,7 +77,7 @@ class _BlockCall:
         key = tuple(hidden.shape)
         if not self.shapes.frozen or key in self.shapes.static:
             self.shapes.static.add(key)
-            return self.static(*args, **kwargs)
+            return self.static(self.block, *args, **kwargs)
         tokens = key[1]
         torch._dynamo.mark_dynamic(hidden, 1)
         rotary = args[3] if len(args) > 3 else kwargs.get("rotary_emb")
@@ -85,21 +90,36 @@ class _BlockCall:
 
 def compile_blocks(model: nn.Module, mode: str | None = None, fullgraph: bool = True,
                    backend: str = "inductor", blocks_attr: str = "blocks") -> int:
-    """Compile each transformer block in place; returns how many were compiled.
+    """Compile each transformer block's ``forward`` in place; returns how many were compiled.
 
-    Each block's call goes through ``_BlockCall`` (see the module docstring); ``model._block_shapes`` is the
-    ``BlockShapes`` the blocks share. `fullgraph=True` makes any graph break an error, so a host synchronisation
-    sneaking into the block is caught at warm-up instead of silently costing time.
+    Each block's ``forward`` becomes a ``_BlockCall`` (see the module docstring); ``model._block_shapes`` is the
+    ``BlockShapes`` the blocks share. The ``forward`` is compiled, not the module call, so hooks that replace
+    ``forward`` afterwards (diffusers' step caches, `step_cache`) and the module's own forward hooks run outside the
+    graph: a step cache decides in Python whether a block runs at all. Compiling again (after the blocks changed,
+    e.g. fp8) replaces the graphs; remove step-cache hooks first. `fullgraph=True` makes any graph break an error,
+    so a host synchronisation sneaking into the block is caught at warm-up instead of silently costing time.
     """
     _configure_dynamo()
     blocks = transformer_blocks(model, blocks_attr)
-    shapes = BlockShapes()
-    dynamic = torch.compile(_call_block, mode=mode, fullgraph=fullgraph, dynamic=None, backend=backend)
     for block in blocks:
-        static = torch.compile(block._call_impl, mode=mode, fullgraph=fullgraph, dynamic=False, backend=backend)
-        block._compiled_call_impl = _BlockCall(block, static, dynamic, shapes)
+        if "forward" in block.__dict__ and not isinstance(block.forward, _BlockCall):
+            raise RuntimeError("a hook replaced a block's forward (step cache?): remove it before compiling")
+    shapes = BlockShapes()
+    static = torch.compile(_static_forward, mode=mode, fullgraph=fullgraph, dynamic=False, backend=backend)
+    dynamic = torch.compile(_dynamic_forward, mode=mode, fullgraph=fullgraph, dynamic=None, backend=backend)
+    for block in blocks:
+        block.forward = _BlockCall(block, static, dynamic, shapes)
     model._block_shapes = shapes
     return len(blocks)
+
+
+def uncompile_blocks(model: nn.Module, blocks_attr: str = "blocks") -> None:
+    """Undo `compile_blocks`: the blocks run their class's forward eagerly again."""
+    for block in transformer_blocks(model, blocks_attr):
+        if isinstance(block.__dict__.get("forward"), _BlockCall):
+            del block.forward
+    if hasattr(model, "_block_shapes"):
+        del model._block_shapes
 
 
 def block_shapes(model: nn.Module) -> BlockShapes | None:

@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..accel import load_module, park_module
+from ..accel.step_cache import StepCache, resolve_step_cache
 from ..conditioning.masks import (
     compress_driving_mask,
     compress_reference_mask,
@@ -245,6 +246,8 @@ class Scail2Pipeline:
         self.lora_manager = lora_manager
         self.offload_encoders = self.device.type == "cuda" if offload_encoders is None else offload_encoders
         self.batch_cfg = batch_cfg
+        # Per window of the last `generate`: which step cache ran and how many forwards it skipped.
+        self.step_cache_stats: list[dict[str, Any]] = []
         if self.offload_encoders:
             self._park_encoders()
 
@@ -390,6 +393,7 @@ class Scail2Pipeline:
         windows = self.plan_windows(prepared.num_frames, request)
         report = _Reporter(progress, len(windows), sampling.steps)
         report("encode", 0, 0)
+        self.step_cache_stats = []
 
         reference = image_to_unit_range(prepared.reference.permute(2, 0, 1))
         reference_mask = image_to_unit_range(prepared.reference_mask.permute(2, 0, 1))
@@ -428,6 +432,7 @@ class Scail2Pipeline:
                 "seed": int(sampling.seed),
                 "noise_mode": sampling.noise_mode,
                 "preset": sampling.preset,
+                "step_cache": resolve_step_cache(sampling.step_cache, sampling.steps),
                 "loras": request.effective_loras,
                 "windows": len(windows),
                 "segment_len": request.segment_len,
@@ -497,10 +502,12 @@ class Scail2Pipeline:
         replace: bool,
         guidance: float,
         trace_step: dict[str, list[torch.Tensor]] | None,
+        step_cache: StepCache | None = None,
     ) -> torch.Tensor:
         """The guided velocity ``uncond + g * (cond - uncond)`` (just ``cond`` when g <= 1): text-only CFG, every
-        visual input shared by both passes."""
+        visual input shared by both passes. ``step_cache``: each pass runs under its own cache context."""
         use_cfg = guidance > 1.0 and conditions.context_null is not None
+        cache = step_cache if step_cache is not None else StepCache(self.transformer, "off")
 
         def optional(value: torch.Tensor | None, batch: int) -> torch.Tensor | None:
             return None if value is None else value[None].expand(batch, *value.shape)
@@ -535,10 +542,15 @@ class Scail2Pipeline:
             )
             contexts[0, : conditions.context.shape[1]] = conditions.context[0]
             contexts[1, : conditions.context_null.shape[1]] = conditions.context_null[0]
-            cond, uncond = run(contexts)
+            with cache.context("cfg"):
+                cond, uncond = run(contexts)
         else:
-            cond = run(conditions.context)[0]
-            uncond = run(conditions.context_null)[0] if use_cfg else None
+            with cache.context("cond"):
+                cond = run(conditions.context)[0]
+            uncond = None
+            if use_cfg:
+                with cache.context("uncond"):
+                    uncond = run(conditions.context_null)[0]
         if trace_step is not None:
             trace_step["v_cond"].append(cond.cpu())
             if uncond is not None:
@@ -625,22 +637,26 @@ class Scail2Pipeline:
                 {"dit_inputs": [], "v_cond": [], "v_uncond": []} if trace is not None else None
             )
             report("window", window.index + 1, 0)
-            for step in range(sampler.num_steps):
-                _check_cancel(should_cancel)
-                latent = _pin_history(latent, history_latent)
-                if trace_step is not None:
-                    trace_step["dit_inputs"].append(latent.cpu())
-                velocity = self._velocity(
-                    latent,
-                    sampler.timesteps[step],
-                    conditions,
-                    window_inputs,
-                    replace,
-                    sampling.guidance,
-                    trace_step,
-                )
-                latent = _pin_history(sampler.step(velocity, step, latent), history_latent)
-                report("step", window.index + 1, step + 1)
+            step_cache = StepCache(self.transformer, resolve_step_cache(sampling.step_cache, sampler.num_steps))
+            with step_cache.window():
+                for step in range(sampler.num_steps):
+                    _check_cancel(should_cancel)
+                    latent = _pin_history(latent, history_latent)
+                    if trace_step is not None:
+                        trace_step["dit_inputs"].append(latent.cpu())
+                    velocity = self._velocity(
+                        latent,
+                        sampler.timesteps[step],
+                        conditions,
+                        window_inputs,
+                        replace,
+                        sampling.guidance,
+                        trace_step,
+                        step_cache,
+                    )
+                    latent = _pin_history(sampler.step(velocity, step, latent), history_latent)
+                    report("step", window.index + 1, step + 1)
+            self.step_cache_stats.append(step_cache.stats.to_dict())
 
             video = self.vae.decode(latent)  # [3, length, H, W] in [-1, 1]
             if color_anchor:

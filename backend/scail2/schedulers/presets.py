@@ -21,6 +21,10 @@ from .samplers import normalize_sampler_name
 
 NoiseMode = Literal["official", "cpu"]
 PRESET_NAMES = ("quality", "balanced", "fast")
+# Step caching (``accel.step_cache``, which keeps the same names): "auto" caches windows of >= 20 steps (the quality
+# preset) with TaylorSeer and leaves the few-step presets alone.
+STEP_CACHE_NAMES = ("auto", "off", "taylorseer", "first_block")
+DEFAULT_STEP_CACHE = "auto"
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class SamplingSettings:
     generator on the pipeline's device, in the official order (on CUDA this matches an official CUDA run, on the
     CPU the golden fixtures); "cpu" draws the same sequence on the CPU and moves it, so a seed gives the same
     video on any machine. ``loras`` are the preset's LoRA strengths (a request may override them).
+    ``step_cache`` skips DiT forwards of many-step sampling (``auto``: TaylorSeer from 20 steps on, i.e. the quality
+    preset; ``off``; ``taylorseer``; ``first_block``; see ``accel/step_cache.py`` and docs/PERFORMANCE.md).
     """
 
     sampler: str = "unipc"
@@ -41,6 +47,7 @@ class SamplingSettings:
     noise_mode: NoiseMode = "cpu"
     loras: Mapping[str, float] = field(default_factory=dict)
     preset: str | None = None
+    step_cache: str = DEFAULT_STEP_CACHE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sampler", normalize_sampler_name(self.sampler))
@@ -56,6 +63,11 @@ class SamplingSettings:
         if self.noise_mode not in ("official", "cpu"):
             raise Scail2InputError(
                 f"noise_mode must be 'official' or 'cpu', got {self.noise_mode!r}", field="noise_mode"
+            )
+        if self.step_cache not in STEP_CACHE_NAMES:
+            raise Scail2InputError(
+                f"step_cache must be one of {', '.join(STEP_CACHE_NAMES)}, got {self.step_cache!r}",
+                field="step_cache",
             )
         for name, strength in self.loras.items():
             if not -4.0 <= float(strength) <= 4.0:
@@ -84,6 +96,7 @@ class SamplingSettings:
         seed: int | None = None,
         noise_mode: NoiseMode | None = None,
         loras: Mapping[str, float] | None = None,
+        step_cache: str | None = None,
     ) -> SamplingSettings:
         """A preset with any of its values overridden (None keeps the preset's value)."""
         if name not in PRESETS:
@@ -101,6 +114,7 @@ class SamplingSettings:
                 "seed": seed,
                 "noise_mode": noise_mode,
                 "loras": loras,
+                "step_cache": step_cache,
             }.items()
             if value is not None
         }
