@@ -60,7 +60,11 @@ from backend.scail2.conditioning.request import GenerationRequest  # noqa: E402
 from backend.scail2.loaders.weights import meta_init  # noqa: E402
 from backend.scail2.models.image_encoder import ClipImageEncoder, ClipVisionConfig  # noqa: E402
 from backend.scail2.models.text_encoder import T5EncoderConfig, UMT5TextEncoder, load_tokenizer  # noqa: E402
-from backend.scail2.models.transformer_scail2 import SCAIL2Transformer, config_from_official  # noqa: E402
+from backend.scail2.models.transformer_scail2 import (  # noqa: E402
+    SCAIL2Transformer,
+    SCAIL2TransformerBlock,
+    config_from_official,
+)
 from backend.scail2.models.vae import WanVAEConfig, WanVideoVAE  # noqa: E402
 from backend.scail2.pipelines.pipeline_scail2 import Scail2Pipeline  # noqa: E402
 from backend.scail2.schedulers.presets import SamplingSettings  # noqa: E402
@@ -247,7 +251,7 @@ def time_forward(model, inputs, device, repeats: int) -> dict[str, Any]:
     with torch.no_grad():
         warmup_s, output = timer(lambda: model(**inputs)[0])
         times = [timer(lambda: model(**inputs)[0])[0] for _ in range(repeats)]
-    median = statistics.median(times)
+    median = statistics.median(times) if times else warmup_s  # no repeats: the one (cold) run
     return {"seconds": round(median, 3), "times": [round(t, 3) for t in times],
             "warmup_s": round(warmup_s, 2), "compile_s": round(max(warmup_s - median, 0.0), 2),
             **peak(device), "_output": output.float().cpu()}
@@ -404,8 +408,132 @@ def time_stages(pipe: Scail2Pipeline, request: GenerationRequest, device: torch.
     return {"stages_s": stages, "seconds": round(sum(stages.values()), 3), "_output": None}
 
 
-def probe_attention(recorder: Recorder, device: torch.device, tokens: int, backends: list[str]) -> None:
-    """Time self-attention (N x N) and the two cross-attentions (N x 257, N x 512) per backend, alone."""
+class RoundingBlock(SCAIL2TransformerBlock):
+    """The path before issue #15: diffusers' Wan block, which rounds the residual stream to bf16 after every add."""
+
+    def forward(self, hidden_states, encoder_hidden_states, temb, rotary_emb):
+        from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+
+        return WanTransformerBlock.forward(self, hidden_states.to(encoder_hidden_states.dtype), encoder_hidden_states,
+                                           temb, rotary_emb)
+
+
+def error_stats(value: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """mean|v - r| / mean|r| (the issue's "mean relative error") and the L2 ratio ||v - r|| / ||r||."""
+    value, reference = value.double().cpu(), reference.double().cpu()
+    diff = value - reference
+    return {"mean_rel": float(diff.abs().mean() / reference.abs().mean()),
+            "l2_rel": float(diff.norm() / reference.norm())}
+
+
+def _set_block_class(transformer: SCAIL2Transformer, cls: type, compile_after: bool) -> None:
+    from backend.scail2.accel.compile import uncompile_blocks
+
+    uncompile_blocks(transformer)
+    for block in transformer_blocks(transformer):
+        block.__class__ = cls
+    if compile_after:
+        compile_blocks(transformer)
+
+
+def fidelity_case(transformer: SCAIL2Transformer, state, settings: PerformanceSettings, height: int, width: int,
+                  device: torch.device, bf16_output: torch.Tensor | None, bf16_record: dict | None) -> dict[str, Any]:
+    """Ours-bf16 (fp32 residual stream) and the old bf16 path (rounded stream) against ours-fp32, same weights.
+
+    The fp32 model is the same random bf16 weights cast up (exact), run eagerly with PyTorch's SDPA choice (the
+    memory-efficient kernel in fp32) and TF32 off. Afterwards the weights go back to bf16 (exact again) and the
+    blocks are compiled as before.
+    """
+    inputs = forward_inputs(transformer, height, width, device, seed=height + width)
+    result: dict[str, Any] = {}
+    if bf16_output is None:
+        timed = time_forward(transformer, inputs, device, 1)
+        bf16_output = timed.pop("_output")
+        bf16_record = timed
+    result["new_bf16"] = {k: bf16_record.get(k) for k in ("seconds", "warmup_s", "peak_gb")}
+    try:
+        # The old path, compiled the same way: its time and memory are the cost of the change.
+        _set_block_class(transformer, RoundingBlock, settings.compile_blocks)
+        old = time_forward(transformer, inputs, device, 1)
+        old_output = old.pop("_output")
+        result["old_bf16"] = {k: old.get(k) for k in ("seconds", "warmup_s", "peak_gb")}
+        _set_block_class(transformer, SCAIL2TransformerBlock, False)
+        # fp32: every parameter up-cast in place; the attention backend left to PyTorch (cuDNN has no fp32 kernel).
+        del inputs
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        set_attention_backend(transformer, "native")
+        transformer.float()
+        inputs = forward_inputs(transformer, height, width, device, seed=height + width)
+        fp32 = time_forward(transformer, inputs, device, 0)
+        fp32_output = fp32.pop("_output")
+        result["fp32"] = {"seconds": fp32["warmup_s"], "peak_gb": fp32["peak_gb"]}
+        del inputs
+    finally:  # whatever happened: bf16 weights (exact round trip), the new block, the chosen kernels, compiled
+        _set_block_class(transformer, SCAIL2TransformerBlock, False)
+        for name, param in transformer.named_parameters():
+            if not SCAIL2Transformer.keeps_fp32(name) and param.dtype != torch.bfloat16:
+                param.data = param.data.to(torch.bfloat16)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        set_attention_backend(transformer, state.attention_backend,
+                              None if settings.cross_attention_backend == "same" else state.cross_attention_backend)
+        if settings.compile_blocks:
+            compile_blocks(transformer)
+    new_err, old_err = error_stats(bf16_output, fp32_output), error_stats(old_output, fp32_output)
+    result.update(
+        mean_rel_err_bf16_vs_fp32=round(new_err["mean_rel"], 6), l2_rel_err_bf16_vs_fp32=round(new_err["l2_rel"], 6),
+        old_mean_rel_err_bf16_vs_fp32=round(old_err["mean_rel"], 6),
+        old_l2_rel_err_bf16_vs_fp32=round(old_err["l2_rel"], 6),
+        target_mean_rel_err=4.5e-3, seconds=result["new_bf16"]["seconds"], _output=None,
+    )
+    return result
+
+
+def step_cache_costs(transformer: SCAIL2Transformer, height: int, width: int, device: torch.device,
+                     name: str) -> dict[str, Any]:
+    """One computed and one skipped forward under a step cache: what a skipped step costs.
+
+    TaylorSeer (lite) runs with a schedule that skips the second forward; First Block Cache skips it because the
+    inputs repeat (its first block's residual does not change). The cache hooks sit outside the compiled blocks.
+    """
+    from diffusers.hooks import TaylorSeerCacheConfig
+
+    from backend.scail2.accel.step_cache import StepCache
+
+    config = None
+    if name == "taylorseer":
+        config = TaylorSeerCacheConfig(cache_interval=1000, disable_cache_before_step=1, max_order=1,
+                                       taylor_factors_dtype=torch.float32, use_lite_mode=True)
+    inputs = forward_inputs(transformer, height, width, device, seed=height + width)
+    cache = StepCache(transformer, name, config)
+    timer = Timer(device)
+    times = []
+    reset_peak(device)
+    with torch.no_grad(), cache.window():
+        for _ in range(2):
+            with cache.context("cond"):
+                seconds, output = timer(lambda: transformer(**inputs)[0])
+            times.append(seconds)
+    ran = cache.stats.contexts["cond"]
+    skipped = [t for t, r in zip(times, ran, strict=True) if not r]
+    computed = [t for t, r in zip(times, ran, strict=True) if r]
+    return {"step_cache": name, "computed": ran, "times": [round(t, 4) for t in times],
+            "computed_forward_s": round(statistics.median(computed), 4) if computed else None,
+            "skipped_forward_s": round(statistics.median(skipped), 4) if skipped else None,
+            "seconds": round(statistics.median(skipped), 4) if skipped else None, **peak(device),
+            "_output": None}
+
+
+def probe_attention(recorder: Recorder, device: torch.device, tokens: int, backends: list[str],
+                    cross: bool = True) -> None:
+    """Time self-attention (N x N) and the two cross-attentions (N x 257, N x 512) per backend, alone.
+
+    Each record also gives the backend's error against exact attention (fp32 math over the first 1024 queries).
+    ``sage`` is SageAttention 1.x called directly (its Triton kernel, 8-bit QK), when installed.
+    """
     from diffusers.models.attention_dispatch import dispatch_attention_fn
 
     from backend.scail2.accel.attention import DIFFUSERS_BACKENDS
@@ -413,15 +541,26 @@ def probe_attention(recorder: Recorder, device: torch.device, tokens: int, backe
     heads, head_dim = 40, 128
     generator = torch.Generator(device=device).manual_seed(3)
     query = torch.randn(1, tokens, heads, head_dim, device=device, dtype=torch.bfloat16, generator=generator)
-    for kv_tokens, what in ((tokens, "self"), (257, "cross_image"), (512, "cross_text")):
+    cases = ((tokens, "self"), (257, "cross_image"), (512, "cross_text")) if cross else ((tokens, "self"),)
+    for kv_tokens, what in cases:
         key, value = (torch.randn(1, kv_tokens, heads, head_dim, device=device, dtype=torch.bfloat16,
                                   generator=generator) for _ in range(2))
+        rows = 1024
+        exact = torch.nn.functional.scaled_dot_product_attention(
+            *(t.float().transpose(1, 2) for t in (query[:, :rows], key, value))).transpose(1, 2)
         for name in backends:
-            def call(name=name, key=key, value=value):
-                return dispatch_attention_fn(query, key, value, backend=DIFFUSERS_BACKENDS[name])
+            if name == "sage":
+                def call(key=key, value=value):
+                    from sageattention import sageattn
+
+                    # sageattn subtracts the key mean in place (smooth_k): hand it a copy.
+                    return sageattn(query, key.clone(), value, tensor_layout="NHD", is_causal=False)
+            else:
+                def call(name=name, key=key, value=value):
+                    return dispatch_attention_fn(query, key, value, backend=DIFFUSERS_BACKENDS[name])
             try:
-                for _ in range(2):
-                    call()
+                out = call()
+                call()
                 timer = Timer(device)
                 times = [timer(call)[0] for _ in range(5)]
             except Exception as error:  # a backend that cannot run this shape
@@ -429,9 +568,12 @@ def probe_attention(recorder: Recorder, device: torch.device, tokens: int, backe
                               "kv_tokens": kv_tokens, "error": f"{type(error).__name__}: {error}"[:500]})
                 continue
             median = statistics.median(times)
+            err = error_stats(out[:, :rows].float(), exact)
             recorder.add({"kind": "attention", "what": what, "backend": name, "tokens": tokens,
                           "kv_tokens": kv_tokens, "seconds": round(median, 5),
-                          "tflops": round(4 * tokens * kv_tokens * heads * head_dim / median / 1e12, 1)})
+                          "tflops": round(4 * tokens * kv_tokens * heads * head_dim / median / 1e12, 1),
+                          "rel_err_vs_exact": round(err["l2_rel"], 5)})
+            del out
 
 
 def profile_forward(model, inputs, device, path: Path) -> None:
@@ -494,13 +636,18 @@ def run_case(recorder: Recorder, case: dict[str, Any], fn: Callable[[], dict[str
     if output is None:
         recorder.add({**case, **result})
         return
-    if case["dtype"] == "bf16" and case.get("mode", "resident") == "resident":
+    mode = case.get("mode", "resident")
+    if case["dtype"] == "bf16" and mode == "resident":
         references[key] = output
         result["rel_err_vs_bf16"] = 0.0
     elif key in references:
         result["rel_err_vs_bf16"] = round(rel_err(output, references[key]), 5)
     else:
         result["rel_err_vs_bf16"] = None
+    if mode == "resident":
+        references[(*key, case["dtype"])] = output
+    elif (*key, case["dtype"]) in references:  # streamed: should equal the resident run of the same dtype
+        result["rel_err_vs_resident"] = round(rel_err(output, references[(*key, case["dtype"])]), 6)
     recorder.add({**case, **result})
 
 
@@ -533,8 +680,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="after the bf16 forwards, switch to the strided-SDPA processor and repeat them; "
                              "the later cases keep it unless it failed")
     parser.add_argument("--fp8-forward", type=sizes, default=None, help="forward sizes of the fp8 pass")
-    parser.add_argument("--attention-probe", type=int, default=0,
-                        help="time attention backends alone at this many tokens (48832 = 512p, 95920 = 704p)")
+    parser.add_argument("--attention-probe", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
+                        help="time attention backends alone at these token counts (48832 = 512p, 95920 = 704p; "
+                             "the cross-attentions at the first only), after the windows")
+    parser.add_argument("--attention-backends", default="cudnn,torch_flash,sage",
+                        help="backends the probe times (sage: when sageattention is installed)")
+    parser.add_argument("--step-cache-costs", default="",
+                        help="after the bf16 forwards, the cost of a skipped forward under these step caches "
+                             "(taylorseer,first_block) at the first --forward size")
+    parser.add_argument("--fidelity", type=sizes, default=[],
+                        help="after the windows: ours-bf16 and the old rounded-stream path against ours-fp32 at "
+                             "this size (same weights; needs ~66 GB more for the fp32 copy)")
+    parser.add_argument("--fp8-window", type=sizes, default=None, help="window sizes of the fp8 pass "
+                        "(default: --window)")
+    parser.add_argument("--fp8-low-vram", type=sizes, default=[],
+                        help="after the fp8 cases, stream the fp8 blocks from pinned host memory and time forwards "
+                             "at these sizes (output compared with the resident fp8 forward)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--repeats", type=int, default=2, help="timed forwards after the warm-up")
     parser.add_argument("--window-repeats", type=int, default=1, help="timed windows after the warm-up")
@@ -561,9 +722,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_compile:
         overrides["compile_blocks"] = False
     settings = PerformanceSettings.for_memory(total_gib, **overrides)
-
-    if args.attention_probe and device.type == "cuda":
-        probe_attention(recorder, device, args.attention_probe, ["cudnn", "torch_flash", "efficient"])
 
     if args.prepare_inputs:
         prepare_inputs_cases(recorder, args.prepare_inputs, [x for x in args.prepare_sources.split(",") if x],
@@ -631,6 +789,13 @@ def main(argv: list[str] | None = None) -> int:
                          lambda request=request: time_stages(pipe, request, device), references)
 
     forward_cases("bf16", "resident")
+    if args.step_cache_costs and args.forward:
+        height, width, _ = args.forward[0]
+        for name in args.step_cache_costs.split(","):
+            case = {**base, "kind": "step_cache", "height": height, "width": width, "dtype": "bf16",
+                    "mode": "resident"}
+            run_case(recorder, case, lambda name=name: step_cache_costs(transformer, height, width, device, name),
+                     references)
     if args.strided_ab:
         from backend.scail2.accel import use_strided_attention
 
@@ -648,6 +813,21 @@ def main(argv: list[str] | None = None) -> int:
                 torch._dynamo.reset()
                 compile_blocks(transformer)
     window_cases("bf16", "resident", args.window)
+
+    for height, width, _ in args.fidelity:
+        bf16_record = next((r for r in recorder.records if r.get("kind") == "forward" and r.get("height") == height
+                            and r.get("width") == width and r.get("dtype") == "bf16" and "error" not in r), None)
+        case = {**base, "kind": "fidelity", "height": height, "width": width, "dtype": "bf16", "mode": "resident"}
+        run_case(recorder, case, lambda h=height, w=width, r=bf16_record: fidelity_case(
+            transformer, state, settings, h, w, device, references.get(("forward", h, w)), r), references)
+
+    if args.attention_probe and device.type == "cuda":
+        import importlib.util
+
+        backends = [b for b in args.attention_backends.split(",")
+                    if b != "sage" or importlib.util.find_spec("sageattention") is not None]
+        for index, tokens in enumerate(args.attention_probe):
+            probe_attention(recorder, device, tokens, backends, cross=index == 0)
 
     if args.low_vram:
         # Same model, now streamed: outputs must equal the resident run's (rel_err_vs_bf16 ~ 0).
@@ -678,7 +858,20 @@ def main(argv: list[str] | None = None) -> int:
         base["fp8_convert_s"] = round(time.perf_counter() - begin, 1)
         base["attention_backend_resolved"] = state.attention_backend
         forward_cases("fp8", "resident", args.fp8_forward)
-        window_cases("fp8", "resident", args.window)
+        window_cases("fp8", "resident", args.window if args.fp8_window is None else args.fp8_window)
+        if args.fp8_low_vram:
+            # fp8 blocks streamed from pinned host memory; the encoders go, so the peak is the DiT's alone.
+            pipe = None
+            import gc
+
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            begin = time.perf_counter()
+            state.streamer = enable_block_streaming(transformer, device)
+            base["stream_setup_s"] = round(time.perf_counter() - begin, 1)
+            state.settings = dataclasses.replace(state.settings, low_vram=True)
+            forward_cases("fp8", "low_vram", args.fp8_low_vram)
 
     print_table(recorder.records)
     return 0
