@@ -56,14 +56,14 @@ class BlockShapes:
     dynamic_calls: int = 0  # block calls that took the dynamic-token graph
 
 
-def _static_forward(block: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """The static graphs' entry: the block's class forward (one code object for every block and shape)."""
-    return type(block).forward(block, *args, **kwargs)
+def _static_forward(forward: Any, block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The static graphs' entry: ``forward`` is the block class's function (one code object for every block)."""
+    return forward(block, *args, **kwargs)
 
 
-def _dynamic_forward(block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+def _dynamic_forward(forward: Any, block: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """The dynamic-token graph's entry: its own code object, so its dynamo cache is apart from the static one's."""
-    return type(block).forward(block, *args, **kwargs)
+    return forward(block, *args, **kwargs)
 
 
 class _BlockCall:
@@ -77,7 +77,7 @@ class _BlockCall:
         key = tuple(hidden.shape)
         if not self.shapes.frozen or key in self.shapes.static:
             self.shapes.static.add(key)
-            return self.static(self.block, *args, **kwargs)
+            return self.static(type(self.block).forward, self.block, *args, **kwargs)
         tokens = key[1]
         torch._dynamo.mark_dynamic(hidden, 1)
         rotary = args[3] if len(args) > 3 else kwargs.get("rotary_emb")
@@ -85,7 +85,7 @@ class _BlockCall:
             if isinstance(table, torch.Tensor) and table.ndim > 1 and table.shape[1] == tokens:
                 torch._dynamo.mark_dynamic(table, 1)
         self.shapes.dynamic_calls += 1
-        return self.dynamic(self.block, *args, **kwargs)
+        return self.dynamic(type(self.block).forward, self.block, *args, **kwargs)
 
 
 def compile_blocks(model: nn.Module, mode: str | None = None, fullgraph: bool = True,
