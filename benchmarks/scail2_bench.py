@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -412,8 +413,6 @@ class RoundingBlock(SCAIL2TransformerBlock):
     """The path before issue #15: diffusers' Wan block, which rounds the residual stream to bf16 after every add."""
 
     def forward(self, hidden_states, encoder_hidden_states, temb, rotary_emb):
-        from diffusers.models.transformers.transformer_wan import WanTransformerBlock
-
         return WanTransformerBlock.forward(self, hidden_states.to(encoder_hidden_states.dtype), encoder_hidden_states,
                                            temb, rotary_emb)
 
