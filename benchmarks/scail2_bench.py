@@ -133,11 +133,12 @@ def materialize_random(module: nn.Module, device: torch.device, dtype_of: Callab
     return module.eval().requires_grad_(False)
 
 
-def build_transformer(tiny: bool, device: torch.device, dtype: torch.dtype, seed: int = 0) -> SCAIL2Transformer:
-    config = {}
+def build_transformer(tiny: bool, device: torch.device, dtype: torch.dtype, seed: int = 0,
+                      num_layers: int | None = None) -> SCAIL2Transformer:
+    config = {} if num_layers is None else {"num_layers": num_layers}
     if tiny:
         official = {k: v for k, v in TINY_CONFIGS["dit"].items() if k != "clip_dim"}
-        config = config_from_official(official, clip_dim=TINY_CONFIGS["dit"]["clip_dim"])
+        config = {**config_from_official(official, clip_dim=TINY_CONFIGS["dit"]["clip_dim"]), **config}
     with meta_init():
         model = SCAIL2Transformer(**config)
     return materialize_random(
@@ -699,6 +700,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed forwards after the warm-up")
     parser.add_argument("--window-repeats", type=int, default=1, help="timed windows after the warm-up")
     parser.add_argument("--tiny", action="store_true", help="tiny configs (CPU development)")
+    parser.add_argument("--num-layers", type=int, default=None,
+                        help="DiT depth (default: the config's, 40 for the 14B); a shallow full-width DiT lets a "
+                             "CPU run the fidelity check")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--label", default="", help="free text stored with each record")
     parser.add_argument("--out", type=Path, required=True)
@@ -731,14 +735,15 @@ def main(argv: list[str] | None = None) -> int:
 
     dtype = torch.bfloat16
     begin = time.perf_counter()
-    transformer = build_transformer(args.tiny, device, dtype)
+    transformer = build_transformer(args.tiny, device, dtype, num_layers=args.num_layers)
+    base_layers = {"num_layers": transformer.config.num_layers, "dim": transformer.config.dim}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     build_s = time.perf_counter() - begin
     state = apply_performance_settings(transformer, settings, device)
     base = {"attention_backend_resolved": state.attention_backend,
             "cross_attention_backend_resolved": state.cross_attention_backend, "frames": FRAMES, "label": args.label,
-            "tiny": args.tiny, "build_s": round(build_s, 1), "memory_cap_gib": None}
+            "tiny": args.tiny, "build_s": round(build_s, 1), "memory_cap_gib": None, **base_layers}
     print("SETTINGS", json.dumps(state.to_dict()), flush=True)
 
     references: dict[tuple, torch.Tensor] = {}
