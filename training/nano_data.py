@@ -91,11 +91,14 @@ class PairStream(IterableDataset):
     Worker ``w`` of ``W`` makes chunks ``first_chunk + w``, ``+ W``, ... Until a trained VAE exists in
     ``vae_dir`` a chunk holds the pairs' frames as uint8 CPU tensors (for training the VAE); from then on the
     worker encodes each chunk itself (:func:`encode_window`, on ``render_device``) and sends only the small
-    encoded window, so the training process does nothing but train.
+    encoded window, so the training process does nothing but train. With ``encode=False`` the workers only render
+    and the training process encodes (:func:`encode_window`): with ``render_device="cpu"`` the workers then leave
+    the GPU to the training process, which time-slicing between processes otherwise slows several times.
     """
 
     def __init__(self, run_seed: int, *, chunk_size: int, size: tuple[int, int], frames: int,
-                 render_device: str, encoders: Path, vae_dir: Path, first_chunk: int = 0):  # fmt: skip
+                 render_device: str, encoders: Path, vae_dir: Path, first_chunk: int = 0,
+                 encode: bool = True):  # fmt: skip
         super().__init__()
         self.run_seed = run_seed
         self.chunk_size = chunk_size
@@ -105,6 +108,7 @@ class PairStream(IterableDataset):
         self.encoders = Path(encoders)
         self.vae_dir = Path(vae_dir)
         self.first_chunk = first_chunk
+        self.encode = encode
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -113,7 +117,7 @@ class PairStream(IterableDataset):
         encoders: tuple[WanVideoVAE, ClipImageEncoder] | None = None
         chunk = self.first_chunk + worker
         while True:
-            if encoders is None and (self.vae_dir / "config.json").is_file():
+            if self.encode and encoders is None and (self.vae_dir / "config.json").is_file():
                 encoders = load_window_encoders(self.vae_dir, self.encoders, torch.device(self.render_device))
             pairs = self.make_chunk(chunk)
             if encoders is not None:

@@ -31,7 +31,7 @@ from backend.scail2.models.text_encoder import UMT5TextEncoder
 from backend.scail2.models.vae import WanVideoVAE
 
 from . import nano_config
-from .nano_data import ChunkFeeder, PairStream, WindowBuffer
+from .nano_data import ChunkFeeder, PairStream, WindowBuffer, encode_window
 from .train_dit import DitTrainer, PromptBank, build_dit, train_dit
 from .train_vae import build_vae, latent_statistics, set_latent_statistics, train_vae
 
@@ -146,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --prefill-windows: every this many seconds, let the workers add windows for "
                         "--refresh-seconds (0: train on the prefilled windows only)")
     parser.add_argument("--refresh-seconds", type=float, default=8.0)
+    parser.add_argument("--encode-on", choices=("workers", "main"), default="workers",
+                        help="who VAE-encodes the DiT's windows: the pair workers, or the training process (with "
+                        "--render-device cpu the workers then never touch the GPU and keep streaming fresh pairs "
+                        "while the DiT trains)")
+    parser.add_argument("--keep-vae-chunks", type=int, default=0,
+                        help="with --encode-on main: keep up to this many of the chunks the VAE trained on and "
+                        "encode them as the DiT's first windows")
     parser.add_argument("--dit", type=Path, help="continue from these DiT weights (stem of -N.safetensors)")
     parser.add_argument("--ema", type=Path, help="EMA weights to continue from (stem of -N.safetensors)")
     parser.add_argument("--seed", type=int, default=0, help="run seed: data chunks, noise, initialisation")
@@ -164,8 +171,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the DiT learning rate decays to 20%% over this last fraction of its time (0: none)")
     parser.add_argument("--checkpoint-every", type=float, default=120.0)
     parser.add_argument("--eval-pairs", type=int, default=8)
+    parser.add_argument("--eval-seconds-per-pair", type=float, default=None,
+                        help="time kept for the final held-out check (default 8 s per pair on CUDA, 120 on CPU)")
     parser.add_argument("--log-every", type=int, default=50, help="DiT steps per logged row")
     args = parser.parse_args(argv)
+    if args.eval_seconds_per_pair is None:
+        args.eval_seconds_per_pair = 8.0 if str(args.device).startswith("cuda") else 120.0
     started = time.monotonic()
     deadline = started + args.seconds - args.margin
     device = torch.device(args.device)
@@ -197,16 +208,20 @@ def main(argv: list[str] | None = None) -> int:
     vae_dir = args.vae or args.out / "vae"
     stream = PairStream(args.seed, chunk_size=args.chunk, size=(nano_config.HEIGHT, nano_config.WIDTH),
                         frames=args.frames, render_device=args.render_device or args.device,
-                        encoders=args.encoders, vae_dir=vae_dir, first_chunk=args.first_chunk)  # fmt: skip
+                        encoders=args.encoders, vae_dir=vae_dir, first_chunk=args.first_chunk,
+                        encode=args.encode_on == "workers")  # fmt: skip
     feeder = ChunkFeeder(stream, args.workers)
+    kept: list[dict] = []
     try:
         if args.vae is not None:
             vae_model = AutoencoderKLWan.from_pretrained(str(args.vae)).to(device)
         else:
             vae_model = AutoencoderKLWan.from_pretrained(str(args.vae_init)) if args.vae_init else build_vae()
             seconds = min(args.vae_seconds, deadline - time.monotonic() - 60)
+            keep_limit = args.keep_vae_chunks if args.encode_on == "main" else 0
             record["stages"]["vae"] = train_vae(vae_model, feeder, device=device, seconds=seconds,
-                                                batch=args.vae_batch, seed=args.seed, log=log)  # fmt: skip
+                                                batch=args.vae_batch, seed=args.seed, log=log, keep=kept,
+                                                keep_limit=keep_limit)  # fmt: skip
             # The checkpoint stores the VAE in fp16: round now so the DiT trains on the latents it will ship with.
             with torch.no_grad():
                 for parameter in vae_model.parameters():
@@ -241,14 +256,27 @@ def main(argv: list[str] | None = None) -> int:
         def add(chunks: list[dict]) -> int:
             added = 0
             for chunk in chunks:
-                if "window" in chunk:  # frame chunks made before the VAE existed are dropped
-                    buffer.add(chunk["setting"], {k: v.to(device) for k, v in chunk["window"].items()})
-                    added += chunk["window"]["x0"].shape[0]
+                window = chunk.get("window")
+                if window is None and args.encode_on == "main":
+                    window = encode_window(chunk, chunk["setting"].split("-")[0], vae, image_encoder, device)
+                if window is not None:  # with --encode-on workers, frame chunks made before the VAE are dropped
+                    buffer.add(chunk["setting"], {k: v.to(device) for k, v in window.items()})
+                    added += window["x0"].shape[0]
             return added
+
+        if kept:
+            kept_started = time.monotonic()
+            while kept:
+                add([kept.pop()])
+            record["stages"]["kept_vae_chunks"] = {"windows": buffer.added,
+                                                   "seconds": round(time.monotonic() - kept_started, 1)}
+            print(f"encoded {buffer.added} windows the VAE trained on", flush=True)
 
         last_refresh = [time.monotonic()]
 
         def refill() -> int:
+            if args.encode_on == "main":
+                return add(feeder.take(2))
             if not args.prefill_windows:
                 return add(feeder.take(64))
             if args.refresh_every and time.monotonic() - last_refresh[0] > args.refresh_every:
@@ -262,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             add([feeder.wait()])
             if args.prefill_windows and time.monotonic() > prefill_until:
                 break
-        if args.prefill_windows:
+        if args.prefill_windows and args.encode_on == "workers":
             feeder.pause()
             last_refresh[0] = time.monotonic()
         record["stages"]["prefill"] = {"windows": buffer.added, "seconds": round(time.monotonic() - started)}
@@ -273,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             record["stages"]["dit_checkpoint"] = {"step": trainer.step, "time": round(time.monotonic() - started)}
             write_record()
 
-        eval_seconds = 8.0 * args.eval_pairs if device.type == "cuda" else 120.0 * args.eval_pairs
+        eval_seconds = args.eval_seconds_per_pair * args.eval_pairs
         seconds = deadline - time.monotonic() - eval_seconds - 10
         record["stages"]["dit"] = train_dit(trainer, buffer, prompts, refill, seconds=seconds, batch=args.batch,
                                             seed=args.seed, log=log, checkpoint=checkpoint,

@@ -36,6 +36,7 @@ LEARNING_RATE = 1e-3
 WARMUP_STEPS = 50
 DECAY_FRACTION = 0.3  # the learning rate falls linearly to 10% over this last part of the stage
 CHUNK_REUSE = 8  # batches cut from one streamed chunk before the next is taken (unpacking a chunk costs time)
+CHUNK_REUSE_MAX = 32  # while no fresh chunk is ready, keep cutting batches from the last one up to this many
 HALF_RESOLUTION_FRACTION = 0.3
 CROP = 64
 
@@ -123,8 +124,11 @@ def chunk_clips(chunk: dict, device: torch.device, generator: torch.Generator, b
 
 
 def train_vae(model: AutoencoderKLWan, feeder: ChunkFeeder, *, device: torch.device, seconds: float, batch: int,
-              seed: int, log: Callable[[dict], None]) -> dict:  # fmt: skip
-    """Train for ``seconds`` of wall time; returns a summary. ``log`` receives a row every few steps."""
+              seed: int, log: Callable[[dict], None], keep: list[dict] | None = None,
+              keep_limit: int = 0) -> dict:  # fmt: skip
+    """Train for ``seconds`` of wall time; returns a summary. ``log`` receives a row every few steps. The chunks
+    used are appended to ``keep`` (up to ``keep_limit``), so the DiT stage can encode them instead of waiting
+    for new ones. A chunk is used ``CHUNK_REUSE`` times, or up to ``CHUNK_REUSE_MAX`` while none is ready."""
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.99), weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
@@ -137,8 +141,11 @@ def train_vae(model: AutoencoderKLWan, feeder: ChunkFeeder, *, device: torch.dev
     while time.monotonic() - started < seconds:
         if chunk is None or uses >= CHUNK_REUSE:
             fresh = feeder.take(1)
-            chunk = fresh[0] if fresh else feeder.wait()
-            uses = 0
+            if fresh or chunk is None or uses >= CHUNK_REUSE_MAX:
+                chunk = fresh[0] if fresh else feeder.wait()
+                uses = 0
+                if keep is not None and len(keep) < keep_limit:
+                    keep.append(chunk)
         uses += 1
         video, weight = chunk_clips(chunk, device, generator, batch)
         elapsed = time.monotonic() - started
