@@ -1,6 +1,7 @@
 """Train SCAIL-2 Nano within a wall-clock budget: the VAE first (unless one is given), then the DiT.
 
-    python -m training.train_nano --encoders ENC --out OUT --seconds 560 --vae-seconds 170 --seed 0
+    python -m training.train_nano --encoders ENC --out OUT --seconds 560 --vae-seconds 170 --seed 0 \
+        --render-device cpu --encode-on main --keep-vae-chunks 600      # docs/NANO.md has the planned run
     python -m training.train_nano --encoders ENC --out OUT2 --seconds 420 --vae OUT/vae \\
         --dit OUT/dit --ema OUT/ema --seed 1                     # continue the DiT (fresh optimizer, warm-up)
 
