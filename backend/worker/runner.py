@@ -483,6 +483,8 @@ def window_type() -> type:
 
 
 def _settings_summary(spec: JobSpec, request: Any, prepared: Any) -> dict[str, Any]:
+    from backend.scail2.accel.step_cache import resolve_step_cache
+
     sampling = request.sampling
     return {
         "mode": spec.mode,
@@ -492,6 +494,7 @@ def _settings_summary(spec: JobSpec, request: Any, prepared: Any) -> dict[str, A
         "guidance": sampling.guidance,
         "shift": sampling.shift,
         "seed": sampling.seed,
+        "step_cache": resolve_step_cache(sampling.step_cache, sampling.steps),
         "loras": request.effective_loras,
         "size": f"{prepared.width}x{prepared.height}",
         "frames": prepared.num_frames,

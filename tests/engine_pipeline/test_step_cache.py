@@ -49,7 +49,7 @@ def test_quality_preset_caches_both_cfg_passes_over_two_windows(
 ):
     cached = tiny_pipeline.generate(_request(reference_rgba, driving_clip, animation_driving_mask, "auto"))
     stats = tiny_pipeline.step_cache_stats
-    full = len(taylorseer_computed_steps(STEPS))  # 8 of 20
+    full = len(taylorseer_computed_steps(STEPS))  # 9 of 20
     assert cached.settings["step_cache"] == "taylorseer"
     assert [s["forwards"] for s in stats] == [2 * STEPS, 2 * STEPS]  # cond + uncond, each window
     assert [s["computed_forwards"] for s in stats] == [2 * full, 2 * full]
@@ -101,3 +101,18 @@ def test_taylorseer_skips_the_compiled_blocks_from_outside():
     # Same input every step: the first-order extrapolation of a constant is that constant.
     assert torch.allclose(outputs[3], eager, atol=1e-5)
     torch._dynamo.reset()
+
+
+def test_option_reaches_sampling_from_the_cli_and_the_job_spec():
+    from backend.scail2.cli import build_parser
+    from backend.worker.schemas import JobSpec
+
+    parser = build_parser()
+    base = ["--checkpoint", "x", "--reference", "r.png", "--driving", "d.mp4", "--out", "o"]
+    assert parser.parse_args([*base, "--step-cache", "off"]).step_cache == "off"
+    assert parser.parse_args(base).step_cache is None  # the preset's default: auto
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--step-cache", "teacache"])
+    assert JobSpec(step_cache="first_block").step_cache == "first_block" and JobSpec().step_cache is None
+    with pytest.raises(ValueError):
+        JobSpec(step_cache="teacache")
