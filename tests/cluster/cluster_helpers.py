@@ -32,9 +32,11 @@ FPS = 12.0
 SHORT_SPEC = {"mode": "animation", "preset": "quality", "steps": 2, "guidance": 1.0, "size": "96x64", "seed": 7,
               "frame_range": [0, 9], "fps": FPS, "prompt": "a figure waving"}
 # 29 frames in windows of 13 (8 new after 5 of history): three windows, each long enough to kill a node in.
-THREE_WINDOWS = {**SHORT_SPEC, "frame_range": [0, 29], "segment_len": 13, "steps": 120, "seed": 11}
+THREE_WINDOWS = {**SHORT_SPEC, "frame_range": [0, 29], "segment_len": 13, "steps": 120, "seed": 11,
+                 "step_cache": "off"}
 # Fourteen windows of 9 frames, 200 steps each: holds an engine for a minute or more, until it is canceled.
-LONG_SPEC = {**SHORT_SPEC, "frame_range": [0, DRIVING_FRAMES], "segment_len": 9, "steps": 200}
+LONG_SPEC = {**SHORT_SPEC, "frame_range": [0, DRIVING_FRAMES], "segment_len": 9, "steps": 200,
+             "step_cache": "off"}
 
 
 @dataclass(frozen=True)
