@@ -22,6 +22,7 @@ from backend.scail2.loaders.dit_keys import (
 )
 from backend.scail2.models.transformer_scail2 import SCAIL2Transformer, config_from_official
 from backend.scail2.testing.parity import relative_error
+from backend.scail2.testing.tiny import random_dit_inputs
 
 TINY = {
     "dim": 32,
@@ -52,17 +53,7 @@ def _random_wan_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def _tiny_inputs(seed: int = 1, frames: int = 2, height: int = 8, width: int = 4) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "latents": torch.randn(1, 16, frames, height, width, generator=g),
-        "timestep": torch.tensor([700]),
-        "context": torch.randn(1, 5, TINY["text_dim"], generator=g),
-        "clip_features": torch.randn(1, 9, TINY["clip_dim"], generator=g),
-        "ref_latents": torch.randn(1, 16, 1, height, width, generator=g),
-        "ref_masks": torch.rand(1, 28, 1, height, width, generator=g),
-        "pose_latents": torch.randn(1, 16, frames, height // 2, width // 2, generator=g),
-        "driving_masks": torch.rand(1, 28, frames, height // 2, width // 2, generator=g),
-    }
+    return random_dit_inputs(TINY["text_dim"], TINY["clip_dim"], seed, frames, height, width)
 
 
 # --- the official 14B key sets --------------------------------------------------------------------------------

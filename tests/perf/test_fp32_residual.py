@@ -13,6 +13,7 @@ import torch
 from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
 from backend.scail2.models.transformer_scail2 import SCAIL2Transformer, SCAIL2TransformerBlock
+from backend.scail2.testing.tiny import random_dit_inputs
 
 CONFIG = dict(dim=64, ffn_dim=128, freq_dim=32, num_heads=2, num_layers=8, text_dim=32, clip_dim=32)
 
@@ -49,18 +50,8 @@ def _bf16(model: SCAIL2Transformer) -> SCAIL2Transformer:
 
 
 def _inputs(seed: int = 1, frames: int = 3, height: int = 8, width: int = 8) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "latents": torch.randn(1, 16, frames, height, width, generator=g),
-        "timestep": torch.tensor([700.0]),
-        "context": torch.randn(1, 5, CONFIG["text_dim"], generator=g),
-        "clip_features": torch.randn(1, 9, CONFIG["clip_dim"], generator=g),
-        "ref_latents": torch.randn(1, 16, 1, height, width, generator=g),
-        "ref_masks": torch.rand(1, 28, 1, height, width, generator=g),
-        "pose_latents": torch.randn(1, 16, frames, height // 2, width // 2, generator=g),
-        "driving_masks": torch.rand(1, 28, frames, height // 2, width // 2, generator=g),
-        "return_dict": False,
-    }
+    inputs = random_dit_inputs(CONFIG["text_dim"], CONFIG["clip_dim"], seed, frames, height, width)
+    return {**inputs, "return_dict": False}
 
 
 def _rel(value: torch.Tensor, reference: torch.Tensor) -> float:

@@ -44,7 +44,7 @@ from ..models.image_encoder import ClipVisionConfig, official_clip_shapes
 from ..models.text_encoder import T5EncoderConfig, official_t5_shapes
 from ..models.vae import WanVAEConfig, official_vae_shapes
 
-__all__ = ["LAYOUTS", "TINY_CONFIGS", "main", "tiny_official_state_dicts", "write_tiny_checkpoint"]
+__all__ = ["LAYOUTS", "TINY_CONFIGS", "main", "random_dit_inputs", "tiny_official_state_dicts", "write_tiny_checkpoint"]
 
 LAYOUTS = ("official", "converted", "comfy", "diffusers-encoders")
 
@@ -125,6 +125,23 @@ _TOKENIZER_CORPUS = (
 
 
 # --- random weights ----------------------------------------------------------------------------------------
+
+
+def random_dit_inputs(text_dim: int, clip_dim: int, seed: int = 1, frames: int = 2, height: int = 8,
+                      width: int = 4) -> dict[str, torch.Tensor]:
+    """Seeded random keyword inputs for one SCAIL2Transformer forward: latents of ``frames`` x ``height`` x
+    ``width``, half-resolution pose latents and masks, a 5-token text and 9-token image context."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "latents": torch.randn(1, 16, frames, height, width, generator=g),
+        "timestep": torch.tensor([700.0]),
+        "context": torch.randn(1, 5, text_dim, generator=g),
+        "clip_features": torch.randn(1, 9, clip_dim, generator=g),
+        "ref_latents": torch.randn(1, 16, 1, height, width, generator=g),
+        "ref_masks": torch.rand(1, 28, 1, height, width, generator=g),
+        "pose_latents": torch.randn(1, 16, frames, height // 2, width // 2, generator=g),
+        "driving_masks": torch.rand(1, 28, frames, height // 2, width // 2, generator=g),
+    }
 
 
 def _init_tensor(key: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
